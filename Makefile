@@ -1,0 +1,41 @@
+# bissl: every user-facing target installs the stack on demand (tools/install_env.sh), so on a
+# fresh machine `make test` alone installs everything and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bissl-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test lint format bench-implicit bench-pretext data-demo clean-venv
+
+install: $(STAMP)
+
+# Re-run the installer when the pins, the packaging or the installer change; it is idempotent,
+# and reuses the cached mmcv wheel (~/.cache/bissl/wheels), so a re-install takes minutes.
+$(STAMP): requirements/pins.txt setup.py tools/install_env.sh
+	bash tools/install_env.sh
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check bissl_dense classification tools tests
+
+format: install
+	$(VENV)/bin/ruff format bissl_dense classification tools tests
+
+bench-implicit: install
+	$(PY) -m bissl_dense.benchmarks.implicit --json work_dirs/benchmarks/implicit.json
+
+bench-pretext: install
+	$(PY) -m bissl_dense.benchmarks.pretext
+
+# Generated data in the real on-disk layouts (VOC, Cityscapes, ImageFolder, unlabeled images).
+data-demo: install
+	$(PY) -m bissl_dense.datasets.synthetic --out data/demo/voc --kind voc --n 200
+	$(PY) -m bissl_dense.datasets.synthetic --out data/demo/cityscapes --kind cityscapes --n 60
+	$(PY) -m bissl_dense.datasets.synthetic --out data/demo/imagefolder --kind imagefolder --n 300
+	$(PY) -m bissl_dense.datasets.synthetic --out data/demo/unlabeled --kind unlabeled --n 500
+
+clean-venv:
+	rm -rf $(VENV)

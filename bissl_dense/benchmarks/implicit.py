@@ -1,0 +1,291 @@
+"""Cost of BiSSL's implicit-Jacobian products: ``python -m bissl_dense.benchmarks.implicit``.
+
+ResNet-18 on 64×64 inputs, a SimCLR-style lower loss (two views of ``--batch`` images, 3-layer
+projector, NT-Xent). Prints, and optionally writes as JSON, the median seconds and peak memory of
+
+* one gradient of the lower loss,
+* one implicit-Jacobian product (K = 5) for each ``hvp`` × ``cg`` combination,
+* one full BiSSL upper step and one plain fine-tuning step (ResNet-18 + linear head, SGD),
+
+each as a ratio to ``hvp="recompute"`` (the authors' scheme) measured in the same run with the
+modes interleaved, since the machines are noisy; plus ||x_fd − x_exact|| / ||x_exact|| and
+||x_exact − x_recompute|| / ||x_recompute|| over all tensors.
+
+Peak memory is the CUDA allocator's peak on ``--device cuda``; on the CPU it is the peak resident
+set size above the level before the measured call, sampled every millisecond by a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from bissl_dense.core import (
+    BilevelStep,
+    BiSSLConfig,
+    implicit_jacobian_product,
+    prefix_correspondence,
+)
+from bissl_dense.pretext.backbones import build_backbone
+from bissl_dense.pretext.heads import ProjectionHead
+from bissl_dense.pretext.losses import nt_xent_loss
+
+HVP_MODES = ("recompute", "exact", "finite_difference")
+CG_MODES = ("layerwise", "global")
+
+
+class _PeakMemory:
+    """Peak memory above the starting level during a ``with`` block, in MiB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._rss_bytes()
+            self._peak = self._start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._rss_bytes())
+        self.peak_mib = (peak - self._start) / 2**20
+
+
+class _SimCLRLower(nn.Module):
+    def __init__(self, cifar_stem: bool) -> None:
+        super().__init__()
+        self.backbone, dim = build_backbone("resnet18", cifar_stem=cifar_stem)
+        self.projector = ProjectionHead(dim)
+
+    def loss(self, views: tuple[Tensor, Tensor]) -> Tensor:
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        return nt_xent_loss(z1, z2, temperature=0.5)
+
+
+class _Classifier(nn.Module):
+    def __init__(self, cifar_stem: bool, num_classes: int = 10) -> None:
+        super().__init__()
+        self.backbone, dim = build_backbone("resnet18", cifar_stem=cifar_stem)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, Any]:
+    with _PeakMemory(device) as memory:
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak_mib, out
+
+
+def _flat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def run(
+    device: str = "cpu",
+    batch: int = 32,
+    size: int = 64,
+    repeats: int = 5,
+    iters: int = 5,
+    cifar_stem: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    lower = _SimCLRLower(cifar_stem).to(dev).train()
+    upper = _Classifier(cifar_stem).to(dev).train()
+    upper.backbone.load_state_dict(lower.backbone.state_dict())
+    views = (
+        torch.randn(batch, 3, size, size, device=dev),
+        torch.randn(batch, 3, size, size, device=dev),
+    )
+    images = torch.randn(batch, 3, size, size, device=dev)
+    labels = torch.randint(0, 10, (batch,), device=dev)
+    params = list(lower.backbone.parameters())
+    buffers = list(lower.buffers())
+
+    def upper_loss(b: tuple[Tensor, Tensor], backbone: dict[str, Tensor] | None) -> Tensor:
+        x, y = b
+        logits = upper(x) if backbone is None else functional_call(upper, backbone, (x,))
+        return nn.functional.cross_entropy(logits, y)
+
+    g_lower = torch.autograd.grad(
+        upper_loss((images, labels), None), list(upper.backbone.parameters())
+    )
+    config = BiSSLConfig(cg_iters=iters)
+    step = BilevelStep(
+        lower_model=lower,
+        lower_backbone=lower.backbone,
+        upper_model=upper,
+        correspondence=prefix_correspondence(lower.backbone, "backbone."),
+        lower_loss=lower.loss,
+        upper_loss=upper_loss,
+        lower_optimizer=torch.optim.SGD(lower.parameters(), lr=0.0),
+        upper_optimizer=torch.optim.SGD(upper.parameters(), lr=0.0, momentum=0.9),
+        config=config,
+    )  # lr 0: repeated steps time the same computation on unchanged weights
+    finetune_optimizer = torch.optim.SGD(upper.parameters(), lr=0.0, momentum=0.9)
+
+    def gradient() -> list[Tensor]:
+        return list(torch.autograd.grad(lower.loss(views), params))
+
+    def finetune_step() -> None:
+        finetune_optimizer.zero_grad(set_to_none=True)
+        upper_loss((images, labels), None).backward()
+        finetune_optimizer.step()
+
+    def product(hvp: str, cg: str) -> Callable[[], list[Tensor]]:
+        return lambda: implicit_jacobian_product(
+            lambda: lower.loss(views),
+            params,
+            g_lower,
+            lam=config.lam,
+            damping=config.damping,
+            iters=iters,
+            cg=cg,
+            hvp=hvp,
+            buffers=buffers,
+        )
+
+    cases: dict[str, Callable[[], Any]] = {"gradient": gradient}
+    for cg in CG_MODES:
+        for hvp in HVP_MODES:
+            cases[f"ij/{hvp}/{cg}"] = product(hvp, cg)
+    cases["bissl_upper_step"] = lambda: step.upper_step((images, labels), views)
+    cases["finetune_step"] = finetune_step
+
+    # Warm-up with the cheap cases only (thread pools, allocator, convolution primitives for these
+    # shapes): a full round of the expensive ones would cost as much as a repetition, and the
+    # medians over interleaved repetitions absorb what is left of first-call costs.
+    gradient()
+    finetune_step()
+    seconds: dict[str, list[float]] = {k: [] for k in cases}
+    memory: dict[str, list[float]] = {k: [] for k in cases}
+    outputs: dict[str, Any] = {}
+    for rep in range(repeats):
+        order = list(cases) if rep % 2 == 0 else list(reversed(cases))  # interleaved
+        for name in order:
+            s, m, out = _timed(cases[name], dev)
+            seconds[name].append(s)
+            memory[name].append(m)
+            outputs[name] = out
+        print(f"  repetition {rep + 1}/{repeats} done", flush=True)
+
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    result: dict[str, Any] = {
+        "setup": dict(
+            device=device,
+            arch="resnet18",
+            batch=batch,
+            image_size=size,
+            repeats=repeats,
+            cg_iters=iters,
+            lam=config.lam,
+            damping=config.damping,
+            threads=torch.get_num_threads(),
+        ),
+        "median_seconds": med,
+        "peak_memory_mib": {k: max(v) for k, v in memory.items()},
+        "ratio_to_recompute": {},
+        "gradients_per_product": {},
+        "relative_error": {},
+    }
+    for cg in CG_MODES:
+        base = med[f"ij/recompute/{cg}"]
+        for hvp in HVP_MODES:
+            key = f"ij/{hvp}/{cg}"
+            result["ratio_to_recompute"][key] = med[key] / base
+            result["gradients_per_product"][key] = med[key] / med["gradient"]
+        exact = _flat(outputs[f"ij/exact/{cg}"])
+        result["relative_error"][f"finite_difference_vs_exact/{cg}"] = (
+            (_flat(outputs[f"ij/finite_difference/{cg}"]) - exact).norm() / exact.norm()
+        ).item()
+        recompute = _flat(outputs[f"ij/recompute/{cg}"])
+        result["relative_error"][f"exact_vs_recompute/{cg}"] = (
+            (exact - recompute).norm() / recompute.norm()
+        ).item()
+    result["bissl_upper_step_over_finetune_step"] = med["bissl_upper_step"] / med["finetune_step"]
+    return result
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    setup = result["setup"]
+    print(f"\nimplicit-Jacobian benchmark: {setup}")
+    print(
+        f"{'case':34s} {'median s':>10s} {'peak MiB':>10s} {'x gradient':>11s} {'x recompute':>12s}"
+    )
+    for name, s in result["median_seconds"].items():
+        ratio = result["ratio_to_recompute"].get(name)
+        print(
+            f"{name:34s} {s:10.4f} {result['peak_memory_mib'][name]:10.1f} "
+            f"{s / result['median_seconds']['gradient']:11.2f} "
+            f"{'' if ratio is None else f'{ratio:12.3f}'}"
+        )
+    for name, err in result["relative_error"].items():
+        print(f"relative error {name:40s} {err:.3e}")
+    print(
+        f"BiSSL upper step / fine-tuning step: {result['bissl_upper_step_over_finetune_step']:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32, help="images per view (default 32)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions, >= 5 for the targets")
+    parser.add_argument("--iters", type=int, default=5, help="CG iterations K (default 5)")
+    parser.add_argument("--cifar-stem", action="store_true", help="3x3 stem, no max-pool")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    result = run(args.device, args.batch, args.size, args.repeats, args.iters, args.cifar_stem)
+    _print_table(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.json)  # atomic: no half-written results
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""BiSSL's lower and upper steps and their alternation (SPEC §2–§3, paper Alg. 1).
+
+A task adapter (classification, detection, segmentation) supplies
+
+* ``lower_model`` and its submodule ``lower_backbone`` (θ_L); the rest of ``lower_model``'s
+  trainable parameters are the pretext head φ_P;
+* ``upper_model`` (θ_U plus the downstream head φ_D);
+* ``lower_loss(batch) -> L_P`` evaluated with ``lower_model``;
+* ``upper_loss(batch, backbone) -> L_D`` evaluated with ``upper_model``, where ``backbone`` is
+  either ``None`` (use the upper model's own θ_U) or a dict ``{upper parameter name: tensor}`` to
+  substitute for the upper backbone (the adapter typically calls ``torch.func.functional_call``);
+* the lower→upper backbone parameter-name correspondence (checked by ``BackboneCorrespondence``).
+
+Nothing here imports a training framework: the mmengine integration drives ``BilevelTrainer``
+from a loop of its own, and so can anything else.
+
+Distributed training: every rank holds full replicas (no DDP wrapper, since the upper loss runs
+the model functionally with substituted parameters). After each backward the gradients are
+averaged across ranks with one flattened all-reduce, which is what DDP would do. Batch-coupled
+layers (BatchNorm) see only the local batch, as under DDP without SyncBatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from bissl_dense.core.correspondence import BackboneCorrespondence
+from bissl_dense.core.implicit import CGMode, HVPMode, implicit_jacobian_product
+from bissl_dense.distributed import all_reduce_mean_
+
+__all__ = [
+    "BiSSLConfig",
+    "BilevelStep",
+    "BilevelTrainer",
+    "Phase",
+    "linear_warmup_cosine",
+    "phase_of_step",
+]
+
+LowerLoss = Callable[[Any], Tensor]
+UpperLoss = Callable[[Any, Mapping[str, Tensor] | None], Tensor]
+Phase = Literal["lower", "upper"]
+
+
+@dataclass
+class BiSSLConfig:
+    """BiSSL's hyper-parameters; defaults are the paper's (SPEC §4)."""
+
+    lam: float = 0.001  # λ, weight of the proximal term (λ/2)||θ_L − θ_U||²
+    damping: float = 10.0  # δ, CG solves (I + H/(λ + δ)) x = v
+    cg_iters: int = 5  # K
+    cg: CGMode = "layerwise"
+    hvp: HVPMode = "exact"
+    grad_clip_norm: float | None = 10.0  # per level, L2 norm over that level's parameters
+    discard_implicit_jacobian: bool = False  # ablation "IJ discarded" (paper §4.4)
+    train_pretext_head: bool = True  # φ_P is optimised with θ_L at the lower level (paper Eq. 3)
+    alternations: int = 500  # T
+    lower_steps: int = 20  # N_L
+    upper_steps: int = 8  # N_U
+
+    def __post_init__(self) -> None:
+        bad = [
+            f"{k}={getattr(self, k)!r}"
+            for k in ("cg_iters", "alternations", "lower_steps", "upper_steps")
+            if int(getattr(self, k)) < 0 or (k != "cg_iters" and int(getattr(self, k)) < 1)
+        ]
+        if self.lam + self.damping <= 0:
+            bad.append(f"lam + damping = {self.lam + self.damping} (must be > 0)")
+        if bad:
+            raise ValueError(f"invalid BiSSLConfig: {', '.join(bad)}")
+
+    @property
+    def steps_per_alternation(self) -> int:
+        return self.lower_steps + self.upper_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.alternations * self.steps_per_alternation
+
+
+def phase_of_step(step: int, config: BiSSLConfig) -> tuple[Phase, int, int]:
+    """(phase, alternation index, index within the phase) of the global step number ``step``."""
+    alternation, within = divmod(step, config.steps_per_alternation)
+    if within < config.lower_steps:
+        return "lower", alternation, within
+    return "upper", alternation, within - config.lower_steps
+
+
+def linear_warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor for ``torch.optim.lr_scheduler.LambdaLR``: linear warm-up, then cosine
+    to zero at ``total_steps`` (SPEC §3: the lower level warms up over 10·N_L steps)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _trainable(params: Iterator[tuple[str, nn.Parameter]], exclude: set[str]) -> list[nn.Parameter]:
+    return [p for name, p in params if p.requires_grad and name not in exclude]
+
+
+class BilevelStep:
+    """One lower or one upper BiSSL update, on models, losses and optimisers a task supplies.
+
+    The lower optimiser must hold θ_L (and φ_P when ``config.train_pretext_head``); the upper
+    optimiser θ_U and φ_D. Schedulers, when given, are stepped after every update of their level.
+    """
+
+    def __init__(
+        self,
+        *,
+        lower_model: nn.Module,
+        lower_backbone: nn.Module,
+        upper_model: nn.Module,
+        correspondence: Mapping[str, str],
+        lower_loss: LowerLoss,
+        upper_loss: UpperLoss,
+        lower_optimizer: torch.optim.Optimizer,
+        upper_optimizer: torch.optim.Optimizer,
+        lower_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        upper_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        config: BiSSLConfig | None = None,
+    ) -> None:
+        self.config = config or BiSSLConfig()
+        self.correspondence = BackboneCorrespondence(lower_backbone, upper_model, correspondence)
+        self.lower_model, self.upper_model = lower_model, upper_model
+        self.lower_loss, self.upper_loss = lower_loss, upper_loss
+        self.lower_optimizer, self.upper_optimizer = lower_optimizer, upper_optimizer
+        self.lower_scheduler, self.upper_scheduler = lower_scheduler, upper_scheduler
+
+        backbone_params = dict(lower_backbone.named_parameters())
+        upper_params = dict(upper_model.named_parameters())
+        self.lower_backbone_params = [backbone_params[n] for n in self.correspondence.lower_names]
+        self.upper_backbone_params = [upper_params[n] for n in self.correspondence.upper_names]
+        backbone_ids = {id(p) for p in self.lower_backbone_params}
+        self.pretext_head_params = [
+            p for p in lower_model.parameters() if p.requires_grad and id(p) not in backbone_ids
+        ]
+        self.downstream_head_params = _trainable(
+            upper_model.named_parameters(), set(self.correspondence.upper_names)
+        )
+        self._check_optimizer(
+            lower_optimizer,
+            self.lower_backbone_params
+            + (self.pretext_head_params if self.config.train_pretext_head else []),
+            "lower_optimizer",
+        )
+        self._check_optimizer(
+            upper_optimizer,
+            self.upper_backbone_params + self.downstream_head_params,
+            "upper_optimizer",
+        )
+
+    @staticmethod
+    def _check_optimizer(optimizer: torch.optim.Optimizer, params: list[Tensor], name: str) -> None:
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = sum(id(p) not in held for p in params)
+        if missing:
+            raise ValueError(
+                f"{name} does not hold {missing} of the {len(params)} parameters it must update; "
+                f"build it over all of them"
+            )
+
+    def _clip(self, params: list[Tensor]) -> Tensor:
+        """Clip to the level's norm and return the norm before clipping (no host sync)."""
+        max_norm = self.config.grad_clip_norm
+        with_grad = [p for p in params if p.grad is not None]
+        if max_norm is None or not with_grad:
+            grads = [p.grad for p in with_grad]
+            return (
+                torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+                if grads
+                else torch.zeros(())
+            )
+        return torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+
+    def lower_step(self, batch: Any) -> dict[str, Tensor]:
+        """Minimise L_P(θ_L, φ_P) + (λ/2)||θ_L − θ_U||² by one optimiser step, θ_U fixed."""
+        cfg = self.config
+        self.lower_optimizer.zero_grad(set_to_none=True)
+        pretext_loss = self.lower_loss(batch)
+        proximal = sum(
+            torch.sum((lo - up.detach()) ** 2)
+            for lo, up in zip(self.lower_backbone_params, self.upper_backbone_params, strict=True)
+        )
+        (pretext_loss + 0.5 * cfg.lam * proximal).backward()
+        trained = self.lower_backbone_params + (
+            self.pretext_head_params if cfg.train_pretext_head else []
+        )
+        if not cfg.train_pretext_head:
+            for p in self.pretext_head_params:
+                p.grad = None
+        for p in trained:  # every rank must all-reduce the same list of tensors
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        all_reduce_mean_([p.grad for p in trained])
+        grad_norm = self._clip(trained)
+        self.lower_optimizer.step()
+        if self.lower_scheduler is not None:
+            self.lower_scheduler.step()
+        return {
+            "lower/pretext_loss": pretext_loss.detach(),
+            "lower/proximal": proximal.detach()
+            if isinstance(proximal, Tensor)
+            else torch.zeros(()),
+            "lower/grad_norm": grad_norm.detach(),
+        }
+
+    def upper_step(self, batch: Any, hessian_batch: Any) -> dict[str, Tensor]:
+        """One upper update of θ_U and φ_D with the gradients of SPEC §2 (θ_L fixed).
+
+        backbone:  (I + H/(λ+δ))⁻¹ ∇_θ L_D(θ_L, φ_D) + ∇_θ L_D(θ_U, φ_D)
+        head:      ∇_φ L_D(θ_L, φ_D) + ∇_φ L_D(θ_U, φ_D)
+        H is the Hessian of L_P on ``hessian_batch`` w.r.t. θ_L only (φ_P fixed, paper App. A).
+        """
+        cfg = self.config
+        theta_u, theta_l = self.upper_backbone_params, self.lower_backbone_params
+        head = self.downstream_head_params
+        n_backbone = len(theta_u)
+
+        classic_loss = self.upper_loss(batch, None)
+        classic = torch.autograd.grad(classic_loss, theta_u + head, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g
+            for p, g in zip(theta_u + head, classic, strict=True)
+        ]
+        backbone_grad, head_grad = grads[:n_backbone], grads[n_backbone:]
+        metrics = {"upper/loss": classic_loss.detach()}
+
+        if cfg.discard_implicit_jacobian:
+            all_reduce_mean_(grads)
+        else:
+            substituted = dict(zip(self.correspondence.upper_names, theta_l, strict=True))
+            implicit_loss = self.upper_loss(batch, substituted)
+            implicit = torch.autograd.grad(implicit_loss, theta_l + head, allow_unused=True)
+            implicit = [
+                torch.zeros_like(p) if g is None else g
+                for p, g in zip(theta_l + head, implicit, strict=True)
+            ]
+            lower_grad = implicit[:n_backbone]
+            head_grad = [a + b for a, b in zip(head_grad, implicit[n_backbone:], strict=True)]
+            # One collective for everything; the CG right-hand side must be the rank average.
+            all_reduce_mean_(backbone_grad + head_grad + lower_grad)
+            ij_product = implicit_jacobian_product(
+                lambda: self.lower_loss(hessian_batch),
+                theta_l,
+                lower_grad,
+                lam=cfg.lam,
+                damping=cfg.damping,
+                iters=cfg.cg_iters,
+                cg=cfg.cg,
+                hvp=cfg.hvp,
+                buffers=list(self.lower_model.buffers()),
+            )
+            backbone_grad = [a + b for a, b in zip(backbone_grad, ij_product, strict=True)]
+            metrics["upper/loss_at_lower_backbone"] = implicit_loss.detach()
+
+        self.upper_optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(theta_u + head, backbone_grad + head_grad, strict=True):
+            p.grad = g
+        metrics["upper/grad_norm"] = self._clip(theta_u + head).detach()
+        self.upper_optimizer.step()
+        if self.upper_scheduler is not None:
+            self.upper_scheduler.step()
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "lower_optimizer": self.lower_optimizer.state_dict(),
+            "upper_optimizer": self.upper_optimizer.state_dict(),
+        }
+        if self.lower_scheduler is not None:
+            state["lower_scheduler"] = self.lower_scheduler.state_dict()
+        if self.upper_scheduler is not None:
+            state["upper_scheduler"] = self.upper_scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.lower_optimizer.load_state_dict(state["lower_optimizer"])
+        self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        for name in ("lower_scheduler", "upper_scheduler"):
+            scheduler = getattr(self, name)
+            if (scheduler is None) != (name not in state):
+                raise ValueError(
+                    f"state has{'' if name in state else ' no'} {name} but the step "
+                    f"was built with{'out' if scheduler is None else ''} one"
+                )
+            if scheduler is not None:
+                scheduler.load_state_dict(state[name])
+
+
+BatchSource = Callable[[int], Iterator[Any]]
+
+
+class BilevelTrainer:
+    """The alternation of SPEC §3: T × (N_L lower steps, one Hessian batch, N_U upper steps).
+
+    Args:
+        step: the update machinery.
+        lower_batches, upper_batches: factories ``start -> iterator of batches``, where ``start`` is
+            the number of batches of that level already consumed (0 on a fresh run). Build them on
+            ``BatchStack(..., stage_length=N_L + 1)`` and ``BatchStack(..., stage_length=N_U)`` to
+            get the paper's reshuffling; the trainer only counts what it consumes.
+
+    ``state_dict()`` holds everything a resumed run needs: the step counter, the batches consumed
+    per level, the Hessian batch when saved inside an upper stage, the optimisers' and schedulers'
+    state, and the random number generators. The caller saves the models' parameters.
+    """
+
+    def __init__(self, step: BilevelStep, lower_batches: BatchSource, upper_batches: BatchSource):
+        self.step_fn = step
+        self.config = step.config
+        self._make_lower, self._make_upper = lower_batches, upper_batches
+        self.global_step = 0
+        self.consumed = {"lower": 0, "upper": 0}
+        self.hessian_batch: Any = None
+        self._iters: dict[str, Iterator[Any] | None] = {"lower": None, "upper": None}
+
+    def _next(self, level: Phase) -> Any:
+        if self._iters[level] is None:
+            make = self._make_lower if level == "lower" else self._make_upper
+            self._iters[level] = make(self.consumed[level])
+        batch = next(self._iters[level])  # type: ignore[arg-type]
+        self.consumed[level] += 1
+        return batch
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.config.total_steps
+
+    def train_step(self) -> tuple[Phase, dict[str, Tensor]]:
+        """Run the next step of the schedule and return its phase and metrics."""
+        if self.done:
+            raise RuntimeError(f"BiSSL already ran all {self.config.total_steps} steps")
+        phase, _, within = phase_of_step(self.global_step, self.config)
+        if phase == "lower":
+            self.step_fn.lower_model.train()
+            metrics = self.step_fn.lower_step(self._next("lower"))
+        else:
+            if within == 0:  # one lower batch, held for the whole upper stage
+                self.hessian_batch = self._next("lower")
+            self.step_fn.lower_model.train()  # the Hessian is taken in train mode (SPEC §3)
+            metrics = self.step_fn.upper_step(self._next("upper"), self.hessian_batch)
+            if within == self.config.upper_steps - 1:
+                self.hessian_batch = None
+        self.global_step += 1
+        return phase, metrics
+
+    def run(
+        self,
+        max_steps: int | None = None,
+        callback: Callable[[int, Phase, dict[str, Tensor]], None] | None = None,
+    ) -> None:
+        """Run to the end of the schedule (or ``max_steps`` more steps); ``callback(step, phase,
+        metrics)`` after each step, e.g. for logging and checkpoints."""
+        stop = (
+            self.config.total_steps
+            if max_steps is None
+            else min(self.config.total_steps, self.global_step + max_steps)
+        )
+        while self.global_step < stop:
+            phase, metrics = self.train_step()
+            if callback is not None:
+                callback(self.global_step, phase, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "global_step": self.global_step,
+            "consumed": dict(self.consumed),
+            "hessian_batch": self.hessian_batch,
+            "step": self.step_fn.state_dict(),
+            "rng": rng,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state["config"]
+        schedule = ("alternations", "lower_steps", "upper_steps")
+        if any(saved[k] != getattr(self.config, k) for k in schedule):
+            raise ValueError(
+                "the checkpoint's schedule "
+                f"{ {k: saved[k] for k in schedule} } differs from this run's "
+                f"{ {k: getattr(self.config, k) for k in schedule} }"
+            )
+        self.global_step = int(state["global_step"])
+        self.consumed = {k: int(v) for k, v in state["consumed"].items()}
+        self.hessian_batch = state["hessian_batch"]
+        self.step_fn.load_state_dict(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._iters = {"lower": None, "upper": None}
