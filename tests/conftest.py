@@ -5,6 +5,9 @@ import os
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# When the 2 cores are oversubscribed (spawned ranks, data-loader workers), OpenMP threads that
+# busy-wait slow everything down by orders of magnitude; passive waiting costs nothing here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

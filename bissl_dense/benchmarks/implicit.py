@@ -34,8 +34,10 @@ from bissl_dense.core import (
     BilevelStep,
     BiSSLConfig,
     implicit_jacobian_product,
+    make_hvp,
     prefix_correspondence,
 )
+from bissl_dense.fileio import atomic_write_text
 from bissl_dense.pretext.backbones import build_backbone
 from bissl_dense.pretext.heads import ProjectionHead
 from bissl_dense.pretext.losses import nt_xent_loss
@@ -128,20 +130,21 @@ def run(
     iters: int = 5,
     cifar_stem: bool = False,
     seed: int = 0,
+    with_central: bool = False,
 ) -> dict[str, Any]:
     dev = torch.device(device)
     torch.manual_seed(seed)
     lower = _SimCLRLower(cifar_stem).to(dev).train()
     upper = _Classifier(cifar_stem).to(dev).train()
     upper.backbone.load_state_dict(lower.backbone.state_dict())
-    views = (
-        torch.randn(batch, 3, size, size, device=dev),
-        torch.randn(batch, 3, size, size, device=dev),
-    )
+    # A SimCLR-style positive pair: two noisy views of the same images, one of them mirrored.
+    base = torch.randn(batch, 3, size, size, device=dev)
+    views = (base + 0.3 * torch.randn_like(base), base.flip(-1) + 0.3 * torch.randn_like(base))
     images = torch.randn(batch, 3, size, size, device=dev)
     labels = torch.randint(0, 10, (batch,), device=dev)
     params = list(lower.backbone.parameters())
     buffers = list(lower.buffers())
+    buffer_snapshot = [b.clone() for b in buffers]
 
     def upper_loss(b: tuple[Tensor, Tensor], backbone: dict[str, Tensor] | None) -> Tensor:
         x, y = b
@@ -173,7 +176,7 @@ def run(
         upper_loss((images, labels), None).backward()
         finetune_optimizer.step()
 
-    def product(hvp: str, cg: str) -> Callable[[], list[Tensor]]:
+    def product(hvp: str, cg: str, scheme: str = "forward") -> Callable[[], list[Tensor]]:
         return lambda: implicit_jacobian_product(
             lambda: lower.loss(views),
             params,
@@ -184,12 +187,17 @@ def run(
             cg=cg,
             hvp=hvp,
             buffers=buffers,
+            fd_scheme=scheme,
         )
 
     cases: dict[str, Callable[[], Any]] = {"gradient": gradient}
     for cg in CG_MODES:
         for hvp in HVP_MODES:
             cases[f"ij/{hvp}/{cg}"] = product(hvp, cg)
+        if with_central:
+            cases[f"ij/finite_difference_central/{cg}"] = product(
+                "finite_difference", cg, "central"
+            )
     cases["bissl_upper_step"] = lambda: step.upper_step((images, labels), views)
     cases["finetune_step"] = finetune_step
 
@@ -228,11 +236,12 @@ def run(
         "ratio_to_recompute": {},
         "gradients_per_product": {},
         "relative_error": {},
+        "relative_residual": {},
+        "product_relative_error": {},
     }
     for cg in CG_MODES:
         base = med[f"ij/recompute/{cg}"]
-        for hvp in HVP_MODES:
-            key = f"ij/{hvp}/{cg}"
+        for key in (k for k in cases if k.startswith("ij/") and k.endswith(f"/{cg}")):
             result["ratio_to_recompute"][key] = med[key] / base
             result["gradients_per_product"][key] = med[key] / med["gradient"]
         exact = _flat(outputs[f"ij/exact/{cg}"])
@@ -244,6 +253,29 @@ def run(
             (exact - recompute).norm() / recompute.norm()
         ).item()
     result["bissl_upper_step_over_finetune_step"] = med["bissl_upper_step"] / med["finetune_step"]
+
+    # Solution quality without a reference solve: ||(I + H/(λ+δ)) x − v|| / ||v||, one exact
+    # product per solution (not timed). A residual above 1 means K-step CG did worse than x = 0:
+    # the system is indefinite (H has eigenvalues below −(λ+δ)), and then the difference between
+    # two approximate solutions measures CG's sensitivity more than the products' accuracy,
+    # so the accuracy of one finite-difference product is reported as well.
+    loss_fn = lambda: lower.loss(views)  # noqa: E731
+    hvp = make_hvp(loss_fn, params, "exact")
+    scale = 1.0 / (config.lam + config.damping)
+    v = _flat(g_lower)
+    for name, x in outputs.items():
+        if name.startswith("ij/"):
+            residual = _flat(x) + scale * _flat(hvp(x)) - v
+            result["relative_residual"][name[3:]] = (residual.norm() / v.norm()).item()
+    hv_exact = _flat(hvp(list(g_lower)))
+    del hvp
+    for scheme in ("forward", "central"):
+        hv = _flat(make_hvp(loss_fn, params, "finite_difference", fd_scheme=scheme)(g_lower))
+        result["product_relative_error"][f"finite_difference_{scheme}_vs_exact"] = (
+            (hv - hv_exact).norm() / hv_exact.norm()
+        ).item()
+    for buffer, saved in zip(buffers, buffer_snapshot, strict=True):
+        buffer.copy_(saved)
     return result
 
 
@@ -251,17 +283,21 @@ def _print_table(result: dict[str, Any]) -> None:
     setup = result["setup"]
     print(f"\nimplicit-Jacobian benchmark: {setup}")
     print(
-        f"{'case':34s} {'median s':>10s} {'peak MiB':>10s} {'x gradient':>11s} {'x recompute':>12s}"
+        f"{'case':44s} {'median s':>10s} {'peak MiB':>10s} {'x gradient':>11s} {'x recompute':>12s}"
     )
     for name, s in result["median_seconds"].items():
         ratio = result["ratio_to_recompute"].get(name)
         print(
-            f"{name:34s} {s:10.4f} {result['peak_memory_mib'][name]:10.1f} "
+            f"{name:44s} {s:10.4f} {result['peak_memory_mib'][name]:10.1f} "
             f"{s / result['median_seconds']['gradient']:11.2f} "
             f"{'' if ratio is None else f'{ratio:12.3f}'}"
         )
     for name, err in result["relative_error"].items():
         print(f"relative error {name:40s} {err:.3e}")
+    for name, res in result["relative_residual"].items():
+        print(f"relative CG residual ||Ax - v||/||v|| {name:38s} {res:.3e}")
+    for name, err in result["product_relative_error"].items():
+        print(f"one product: relative error {name:40s} {err:.3e}")
     print(
         f"BiSSL upper step / fine-tuning step: {result['bissl_upper_step_over_finetune_step']:.2f}"
     )
@@ -275,15 +311,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="repetitions, >= 5 for the targets")
     parser.add_argument("--iters", type=int, default=5, help="CG iterations K (default 5)")
     parser.add_argument("--cifar-stem", action="store_true", help="3x3 stem, no max-pool")
+    parser.add_argument(
+        "--with-central", action="store_true", help="also time central finite differences"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    result = run(args.device, args.batch, args.size, args.repeats, args.iters, args.cifar_stem)
+    result = run(
+        args.device,
+        args.batch,
+        args.size,
+        args.repeats,
+        args.iters,
+        args.cifar_stem,
+        with_central=args.with_central,
+    )
     _print_table(result)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)  # atomic: no half-written results
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     return result
 
 

@@ -55,7 +55,7 @@ class BiSSLConfig:
     lam: float = 0.001  # λ, weight of the proximal term (λ/2)||θ_L − θ_U||²
     damping: float = 10.0  # δ, CG solves (I + H/(λ + δ)) x = v
     cg_iters: int = 5  # K
-    cg: CGMode = "layerwise"
+    cg: CGMode = "global"  # the reference uses "layerwise"; global leaves smaller residuals
     hvp: HVPMode = "exact"
     grad_clip_norm: float | None = 10.0  # per level, L2 norm over that level's parameters
     discard_implicit_jacobian: bool = False  # ablation "IJ discarded" (paper §4.4)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from bissl_dense.fileio import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "IncompatibleBackboneKeys",
@@ -90,22 +91,6 @@ def bissl_file_names(
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
 def _tensor_state(state: Mapping[str, Any], what: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -149,9 +134,9 @@ def export_pretext(
         ) from err
 
     paths = {kind: out / name for kind, name in names.items()}
-    _atomic_write(paths["backbone"], lambda f: torch.save(tensors_backbone, f))
-    _atomic_write(paths["head"], lambda f: torch.save(tensors_head, f))
-    _atomic_write(paths["config"], lambda f: f.write(config_text + "\n"), mode="w")
+    atomic_torch_save(tensors_backbone, paths["backbone"])
+    atomic_torch_save(tensors_head, paths["head"])
+    atomic_write_text(paths["config"], config_text + "\n")
     return paths
 
 

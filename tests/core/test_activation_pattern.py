@@ -61,7 +61,9 @@ def test_finite_differences_converge_with_replay_only() -> None:
     exact = make_hvp(loss_fn, params, "exact")(v)
     errors = []
     for perturbation in (1e-2, 1e-3, 1e-4):
-        fd = make_hvp(loss_fn, params, "finite_difference", fd_step=perturbation / v_norm)(v)
+        fd = make_hvp(
+            loss_fn, params, "finite_difference", fd_step=perturbation / v_norm, fd_scheme="forward"
+        )(v)
         errors.append(_rel(fd, exact))
     # first-order convergence: the error falls tenfold per tenfold smaller step
     assert errors[2] < 1e-4 and errors[1] / errors[2] > 5 and errors[0] / errors[1] > 5
@@ -104,3 +106,19 @@ def test_replay_with_different_control_flow_fails() -> None:
     with pytest.raises(RuntimeError, match="made 1 ReLU/max-pool calls but the recorded one 2"):
         with pattern.replaying():
             relu(x)
+
+
+def test_central_scheme_converges_at_second_order() -> None:
+    _, params, loss_fn = _problem(torch.float64)
+    v = [torch.randn_like(p) for p in params]
+    v_norm = torch.cat([t.reshape(-1) for t in v]).norm().item()
+    exact = make_hvp(loss_fn, params, "exact")(v)
+    errors = {}
+    for scheme in ("forward", "central"):
+        for perturbation in (1e-2, 1e-3):
+            fd = make_hvp(loss_fn, params, "finite_difference", perturbation / v_norm, scheme)(v)
+            errors[(scheme, perturbation)] = _rel(fd, exact)
+    # tenfold smaller step: forward error falls ~10x, central error ~100x
+    assert 5 < errors[("forward", 1e-2)] / errors[("forward", 1e-3)] < 20
+    assert errors[("central", 1e-2)] / errors[("central", 1e-3)] > 50
+    assert errors[("central", 1e-3)] < errors[("forward", 1e-3)] / 10

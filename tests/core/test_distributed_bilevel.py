@@ -60,11 +60,14 @@ def test_two_ranks_equal_one_process_on_the_union(tmp_path: Path, hvp: str, cg: 
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), hvp, cg), nprocs=2, join=True)
     single = _train(0, 1, hvp, cg)
     torch.set_default_dtype(torch.float32)
-    initial_lower, initial_upper = make_models()
+    _, initial_upper = make_models()
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, value in single.items():
-            torch.testing.assert_close(result[name], value, rtol=1e-9, atol=1e-11, msg=name)
+            # finite differences divide the ranks' rounding differences by ε (√ε_machine):
+            # ~1e-8 relative; a wrong reduction would be off by O(1)
+            tol = 1e-9 if hvp == "exact" else 1e-6
+            torch.testing.assert_close(result[name], value, rtol=tol, atol=tol * 1e-2, msg=name)
     # the run did move both levels, so the comparison is not between untouched initial values
     moved = [
         (single["upper." + k] - v.double()).abs().max() for k, v in initial_upper.named_parameters()

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bissl_dense.benchmarks.<name>`` (each prints a table)."""

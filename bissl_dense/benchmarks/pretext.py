@@ -1,0 +1,269 @@
+"""Throughput of a SimCLR training step through our stack vs. a hand-written PyTorch loop.
+
+Ours: mmengine ``Runner`` with :class:`~bissl_dense.pretext.methods.SimCLR`, the LARS optimizer
+wrapper, ``ResumableTrainLoop``, ``SeededSampler`` and ``PretextImageFolder`` (per-draw seeded
+augmentation), all hooks of a training run except checkpointing/export.
+Baseline: the same backbone, projector, loss, LARS, batch and augmentation in a plain
+``DataLoader`` + ``loss.backward(); opt.step()`` loop.
+
+Both run in one process, interleaved in blocks (so machine load affects both alike); the table
+shows median seconds per step (data loading included) and images per second, and the ratio
+ours/baseline (target >= 0.9).
+
+    python -m bissl_dense.benchmarks.pretext [--device cuda] [--arch resnet18] [--batch 64]
+        [--iters N] [--image-size 96] [--workers 2] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class _PlainImages:
+    """Minimal dataset of the baseline: open an image, make two views."""
+
+    def __init__(self, files: Sequence[Path], augmentation: Any) -> None:
+        self.files = list(files)
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            return self.augmentation(image.convert("RGB"))
+
+
+class HandWrittenLoop:
+    """The baseline: a plain PyTorch SimCLR training loop."""
+
+    def __init__(self, args: argparse.Namespace, data_root: Path, lr: float) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from bissl_dense.engine.datasets import find_images
+        from bissl_dense.pretext import LARS, PretextAugmentation, ProjectionHead, build_backbone
+
+        self.device = args.device
+        self.backbone, feature_dim = build_backbone(args.arch)
+        self.projector = ProjectionHead(feature_dim)
+        self.backbone.to(self.device).train()
+        self.projector.to(self.device).train()
+        params = list(self.backbone.parameters()) + list(self.projector.parameters())
+        self.optimizer = LARS(params, lr=lr, weight_decay=1e-6)
+        dataset = _PlainImages(
+            find_images(data_root), PretextAugmentation(image_size=args.image_size)
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_size=args.batch,
+            shuffle=True,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            pin_memory=self.device.startswith("cuda"),
+            drop_last=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        self.batches = iter(self.loader)
+        self.warmup = args.warmup
+        self.steps_done = 0
+        self.step_times: list[float] = []
+
+    def _next_batch(self) -> tuple[Any, Any]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` steps; the first ``warmup`` steps overall are not recorded."""
+        from bissl_dense.pretext import nt_xent_loss
+
+        for _ in range(steps):
+            start = time.perf_counter()
+            view1, view2 = self._next_batch()
+            view1 = view1.to(self.device, non_blocking=True)
+            view2 = view2.to(self.device, non_blocking=True)
+            z1 = self.projector(self.backbone(view1))
+            z2 = self.projector(self.backbone(view2))
+            loss = nt_xent_loss(z1, z2, temperature=0.5)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss.item()  # both loops read the loss once per step (mmengine logs it)
+            _synchronize(self.device)
+            if self.steps_done >= self.warmup:
+                self.step_times.append(time.perf_counter() - start)
+            self.steps_done += 1
+
+
+def _interleave_hook(baseline: HandWrittenLoop, args: argparse.Namespace) -> Any:
+    from mmengine.hooks import Hook
+
+    class InterleavedTimingHook(Hook):
+        """Times our steps; after every block of them, runs a block of baseline steps."""
+
+        priority = "LOWEST"  # after every other after_train_iter hook, which we include
+
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self.started = 0.0
+            self.pending = 0
+
+        def before_train(self, runner: Any) -> None:
+            self.started = time.perf_counter()
+
+        def after_train_iter(self, runner: Any, batch_idx: int, **kwargs: Any) -> None:
+            _synchronize(args.device)
+            elapsed = time.perf_counter() - self.started
+            if runner.iter >= args.warmup:  # runner.iter: 0-based index of the step just taken
+                self.step_times.append(elapsed)
+            self.pending += 1
+            if self.pending == args.block or runner.iter + 1 == runner.max_iters:
+                baseline.run(self.pending)
+                self.pending = 0
+            self.started = time.perf_counter()
+
+    return InterleavedTimingHook()
+
+
+def _runner_config(args: argparse.Namespace, data_root: Path, work_dir: Path) -> dict[str, Any]:
+    return dict(
+        model=dict(
+            type="SimCLR",
+            backbone=dict(arch=args.arch),
+            projector=dict(hidden_dim=256, out_dim=256, num_layers=3),
+            temperature=0.5,
+        ),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            batch_size=args.batch,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            pin_memory=args.device.startswith("cuda"),
+            drop_last=True,
+            sampler=dict(type="SeededSampler", shuffle=True),
+            collate_fn=dict(type="default_collate"),
+            dataset=dict(
+                type="PretextImageFolder",
+                data_root=str(data_root),
+                augmentation=dict(image_size=args.image_size),
+            ),
+        ),
+        optim_wrapper=dict(
+            type="OptimWrapper", optimizer=dict(type="LARS", lr=args.lr, weight_decay=1e-6)
+        ),
+        train_cfg=dict(type="ResumableTrainLoop", max_iters=args.warmup + args.iters),
+        default_hooks=dict(
+            logger=dict(type="LoggerHook", interval=10**9),
+            checkpoint=None,
+        ),
+        custom_hooks=[dict(type="PretextStepHook")],
+        log_processor=dict(by_epoch=False),
+        env_cfg=dict(cudnn_benchmark=args.device.startswith("cuda"), dist_cfg=dict(backend="gloo")),
+        randomness=dict(seed=0),
+        default_scope="mmengine",
+        log_level="WARNING",
+    )
+
+
+def _table(rows: list[tuple[str, list[float]]], batch: int) -> str:
+    lines = [f"{'loop':<28}{'median s/step':>15}{'images/s':>12}{'steps':>7}"]
+    for name, times in rows:
+        median = statistics.median(times)
+        lines.append(f"{name:<28}{median:>15.4f}{batch / median:>12.1f}{len(times):>7}")
+    return "\n".join(lines)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    import bissl_dense.engine  # noqa: F401  registrations
+    import bissl_dense.pretext.methods  # noqa: F401
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="bissl_bench_") as tmp:
+        tmp_dir = Path(tmp)
+        if args.data is None:
+            from bissl_dense.datasets.synthetic import write_unlabeled
+
+            data_root = tmp_dir / "images"
+            write_unlabeled(data_root, n=2 * args.batch, size=max(args.image_size + 16, 48))
+        else:
+            data_root = Path(args.data)
+        baseline = HandWrittenLoop(args, data_root, args.lr)
+        cfg = Config(_runner_config(args, data_root, tmp_dir / "work"))
+        runner = Runner.from_cfg(cfg)
+        timing = _interleave_hook(baseline, args)
+        runner.register_hook(timing)
+        runner.train()
+        ours = timing.step_times
+        theirs = baseline.step_times
+    print(
+        f"SimCLR step, {args.arch}, batch {args.batch}, {args.image_size} px, device "
+        f"{args.device}, {args.workers} workers, {torch.get_num_threads()} threads"
+    )
+    print(
+        _table(
+            [("bissl (mmengine runner)", ours), ("hand-written PyTorch loop", theirs)], args.batch
+        )
+    )
+    ratio = statistics.median(theirs) / statistics.median(ours)
+    print(f"throughput ratio ours / hand-written: {ratio:.3f} (target >= 0.9)")
+    return {
+        "ours_s_per_step": statistics.median(ours),
+        "baseline_s_per_step": statistics.median(theirs),
+        "ratio": ratio,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bissl_dense.benchmarks.pretext", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--batch", type=int, default=64, help="images per step (two views each)")
+    parser.add_argument("--iters", type=int, default=8, help="measured steps per loop")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per loop first")
+    parser.add_argument("--block", type=int, default=2, help="steps per interleaved block")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per loop")
+    parser.add_argument("--lr", type=float, default=0.3)
+    parser.add_argument("--data", help="image folder (default: generated images)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA: runner on CPU
+    for name in ("iters", "block", "batch"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
+    run_benchmark(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
