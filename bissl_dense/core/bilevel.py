@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bissl_dense.core.correspondence import BackboneCorrespondence
-from bissl_dense.core.implicit import CGMode, HVPMode, implicit_jacobian_product
+from bissl_dense.core.implicit import CGMode, HVPMode, gradients, implicit_jacobian_product
 from bissl_dense.distributed import all_reduce_mean_
 
 __all__ = [
@@ -229,11 +229,7 @@ class BilevelStep:
         n_backbone = len(theta_u)
 
         classic_loss = self.upper_loss(batch, None)
-        classic = torch.autograd.grad(classic_loss, theta_u + head, allow_unused=True)
-        grads = [
-            torch.zeros_like(p) if g is None else g
-            for p, g in zip(theta_u + head, classic, strict=True)
-        ]
+        grads = gradients(classic_loss, theta_u + head)
         backbone_grad, head_grad = grads[:n_backbone], grads[n_backbone:]
         metrics = {"upper/loss": classic_loss.detach()}
 
@@ -242,11 +238,7 @@ class BilevelStep:
         else:
             substituted = dict(zip(self.correspondence.upper_names, theta_l, strict=True))
             implicit_loss = self.upper_loss(batch, substituted)
-            implicit = torch.autograd.grad(implicit_loss, theta_l + head, allow_unused=True)
-            implicit = [
-                torch.zeros_like(p) if g is None else g
-                for p, g in zip(theta_l + head, implicit, strict=True)
-            ]
+            implicit = gradients(implicit_loss, theta_l + head)
             lower_grad = implicit[:n_backbone]
             head_grad = [a + b for a, b in zip(head_grad, implicit[n_backbone:], strict=True)]
             # One collective for everything; the CG right-hand side must be the rank average.

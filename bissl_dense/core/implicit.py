@@ -51,7 +51,13 @@ from torch import Tensor
 from bissl_dense.core.activation_pattern import ActivationPattern
 from bissl_dense.distributed import all_reduce_mean_
 
-__all__ = ["HessianVectorProduct", "conjugate_gradient", "implicit_jacobian_product", "make_hvp"]
+__all__ = [
+    "HessianVectorProduct",
+    "conjugate_gradient",
+    "gradients",
+    "implicit_jacobian_product",
+    "make_hvp",
+]
 
 CGMode = Literal["layerwise", "global"]
 HVPMode = Literal["exact", "finite_difference", "recompute"]
@@ -105,7 +111,8 @@ def conjugate_gradient(
     return x
 
 
-def _grad(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
+def gradients(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
+    """∂loss/∂p for each p, zeros for parameters the loss does not depend on."""
     grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
@@ -120,7 +127,7 @@ def make_hvp(
     """A function v ↦ H v, H the Hessian of ``loss_fn()`` w.r.t. ``params`` (module docstring)."""
     params = list(params)
     if mode == "exact":
-        grads = _grad(loss_fn(), params, create_graph=True)
+        grads = gradients(loss_fn(), params, create_graph=True)
         differentiable = [i for i, g in enumerate(grads) if g.requires_grad]
 
         def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
@@ -141,11 +148,11 @@ def make_hvp(
     if mode == "recompute":
 
         def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
-            grads = _grad(loss_fn(), params, create_graph=True)
+            grads = gradients(loss_fn(), params, create_graph=True)
             dot = sum((g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad)
             if not isinstance(dot, Tensor) or not dot.requires_grad:
                 return [torch.zeros_like(p) for p in params]
-            return _grad(dot, params)
+            return gradients(dot, params)
 
         return hvp
 
@@ -159,7 +166,7 @@ def make_hvp(
             with pattern.recording():
                 base_loss = loss_fn()
             # the forward scheme differences against ∇L(θ); the central one needs only the pattern
-            base_grad = _grad(base_loss, params) if fd_scheme == "forward" else None
+            base_grad = gradients(base_loss, params) if fd_scheme == "forward" else None
         # θ + εv − εv is not θ in floating point: restore from a copy, bit for bit.
         saved = [p.detach().clone() for p in params]
         # Step rule: no tensor moves by more than a fraction c of its own norm,
@@ -187,7 +194,7 @@ def make_hvp(
             try:
                 with pattern.replaying():
                     shifted_loss = loss_fn()
-                return _grad(shifted_loss, params)
+                return gradients(shifted_loss, params)
             finally:
                 with torch.no_grad():
                     for p, original in zip(params, saved, strict=True):
