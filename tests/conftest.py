@@ -1,4 +1,5 @@
 """Shared test set-up: CPU only, deterministic, few threads (CI has 2 cores)."""
+
 from __future__ import annotations
 
 import os

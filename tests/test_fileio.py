@@ -1,5 +1,6 @@
 """Atomic writes: old content survives a failed write, no temporary file is left, and the new
 file has the permissions the umask gives (not mkstemp's private 0600)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The implicit-Jacobian benchmark runs end to end (tiny setting) and its figures are consistent:
 the reused-graph products equal the recomputed ones on a real ResNet-18, every case is timed."""
+
 from __future__ import annotations
 
 import json
