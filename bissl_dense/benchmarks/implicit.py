@@ -42,8 +42,7 @@ from bissl_dense.core import (
 )
 from bissl_dense.fileio import atomic_write_text
 from bissl_dense.pretext.backbones import build_backbone
-from bissl_dense.pretext.heads import ProjectionHead
-from bissl_dense.pretext.losses import nt_xent_loss
+from bissl_dense.pretext.methods import SimCLR
 
 HVP_MODES = ("recompute", "exact", "finite_difference")
 CG_MODES = ("layerwise", "global")
@@ -90,17 +89,6 @@ class _PeakMemory:
         self.peak_mib = (peak - self._start) / 2**20
 
 
-class _SimCLRLower(nn.Module):
-    def __init__(self, cifar_stem: bool) -> None:
-        super().__init__()
-        self.backbone, dim = build_backbone("resnet18", cifar_stem=cifar_stem)
-        self.projector = ProjectionHead(dim)
-
-    def loss(self, views: tuple[Tensor, Tensor]) -> Tensor:
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
-        return nt_xent_loss(z1, z2, temperature=0.5)
-
-
 class _Classifier(nn.Module):
     def __init__(self, cifar_stem: bool, num_classes: int = 10) -> None:
         super().__init__()
@@ -137,7 +125,7 @@ def run(
 ) -> dict[str, Any]:
     dev = torch.device(device)
     torch.manual_seed(seed)
-    lower = _SimCLRLower(cifar_stem).to(dev).train()
+    lower = SimCLR(backbone=dict(arch="resnet18", cifar_stem=cifar_stem)).to(dev).train()
     upper = _Classifier(cifar_stem).to(dev).train()
     upper.backbone.load_state_dict(lower.backbone.state_dict())
     # `batch` inputs per forward pass, as SimCLR-style positive pairs: two noisy views of the
@@ -166,7 +154,7 @@ def run(
         lower_backbone=lower.backbone,
         upper_model=upper,
         correspondence=prefix_correspondence(lower.backbone, "backbone."),
-        lower_loss=lower.loss,
+        lower_loss=lambda pair: lower.pretext_loss(*pair),
         upper_loss=upper_loss,
         lower_optimizer=torch.optim.SGD(lower.parameters(), lr=0.0),
         upper_optimizer=torch.optim.SGD(upper.parameters(), lr=0.0, momentum=0.9),
@@ -175,7 +163,7 @@ def run(
     finetune_optimizer = torch.optim.SGD(upper.parameters(), lr=0.0, momentum=0.9)
 
     def gradient() -> list[Tensor]:
-        return list(torch.autograd.grad(lower.loss(views), params))
+        return list(torch.autograd.grad(lower.pretext_loss(*views), params))
 
     def finetune_step() -> None:
         finetune_optimizer.zero_grad(set_to_none=True)
@@ -184,7 +172,7 @@ def run(
 
     def product(hvp: str, cg: str, scheme: str = "forward") -> Callable[[], list[Tensor]]:
         return lambda: implicit_jacobian_product(
-            lambda: lower.loss(views),
+            lambda: lower.pretext_loss(*views),
             params,
             g_lower,
             lam=config.lam,
@@ -265,7 +253,7 @@ def run(
     # the system is indefinite (H has eigenvalues below −(λ+δ)), and then the difference between
     # two approximate solutions measures CG's sensitivity more than the products' accuracy,
     # so the accuracy of one finite-difference product is reported as well.
-    loss_fn = lambda: lower.loss(views)  # noqa: E731
+    loss_fn = lambda: lower.pretext_loss(*views)  # noqa: E731
     hvp = make_hvp(loss_fn, params, "exact")
     scale = 1.0 / (config.lam + config.damping)
     v = _flat(g_lower)

@@ -263,21 +263,19 @@ def test_resnet_alternation_with_batchnorm_statistics_contract() -> None:
 
     from bissl_dense.core import BilevelStep, BilevelTrainer, prefix_correspondence
     from bissl_dense.pretext.backbones import build_backbone
-    from bissl_dense.pretext.heads import ProjectionHead
-    from bissl_dense.pretext.losses import nt_xent_loss
+    from bissl_dense.pretext.methods import SimCLR
 
     torch.manual_seed(0)
-    lower = nn.Module()
-    lower.backbone, dim = build_backbone("resnet18", cifar_stem=True)
-    lower.projector = ProjectionHead(dim, 32, 16)
+    lower = SimCLR(
+        backbone=dict(arch="resnet18", cifar_stem=True), projector=dict(hidden_dim=32, out_dim=16)
+    )
     upper = nn.Module()
-    upper.backbone, _ = build_backbone("resnet18", cifar_stem=True)
+    upper.backbone, dim = build_backbone("resnet18", cifar_stem=True)
     upper.head = nn.Linear(dim, 3)
     upper.backbone.load_state_dict(lower.backbone.state_dict())
 
     def lower_loss(views: tuple[Tensor, Tensor]) -> Tensor:
-        z1, z2 = (lower.projector(lower.backbone(v)) for v in views)
-        return nt_xent_loss(z1, z2)
+        return lower.pretext_loss(*views)
 
     def upper_loss(batch, backbone):
         x, y = batch
