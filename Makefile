@@ -11,7 +11,7 @@ install: $(STAMP)
 
 # Re-run the installer when the pins, the packaging or the installer change; it is idempotent,
 # and reuses the cached mmcv wheel (~/.cache/bissl/wheels), so a re-install takes minutes.
-$(STAMP): requirements/pins.txt setup.py tools/install_env.sh
+$(STAMP): requirements/pins.txt requirements/detectron2.txt setup.py tools/install_env.sh
 	bash tools/install_env.sh
 	touch $@
 

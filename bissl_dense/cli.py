@@ -42,16 +42,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_guarded(command: str, build: Callable[[], object], run: Callable[[object], None]) -> int:
-    """Build the run; a config or data problem is reported in one line (exit status 2)."""
-    from bissl_dense.engine.runner import ConfigError
+    """Build and run; a problem the user can fix is reported in one line (exit status 2).
+
+    Only :class:`~bissl_dense.errors.UserError` (a bad config, missing data, wrong weights) is
+    turned into a one-line message: its text says what to change. Every other exception is a bug
+    (or an environment failure) and propagates with its traceback.
+    """
+    from bissl_dense.errors import UserError
 
     try:
-        runner = build()
-    except (ConfigError, FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"bissl {command}: error: {message}", file=sys.stderr)
+        run(build())
+    except UserError as error:
+        print(f"bissl {command}: error: {error}", file=sys.stderr)
         return 2
-    run(runner)
     return 0
 
 
@@ -77,6 +80,36 @@ def _fit_head(args: argparse.Namespace) -> int:
         )
 
     return _run_guarded("fit-head", build, lambda runner: runner.train())  # type: ignore[attr-defined]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bissl_dense.engine.runner import build_runner, load_config
+
+    return _run_guarded(
+        "train",
+        lambda: build_runner(
+            load_config(args.config, args.cfg_options, args.work_dir, args.resume, args.launcher)
+        ),
+        lambda runner: runner.train(),  # type: ignore[attr-defined]
+    )
+
+
+def _test(args: argparse.Namespace) -> int:
+    from bissl_dense.engine.runner import evaluate_checkpoint
+
+    return _run_guarded(
+        "test",
+        lambda: evaluate_checkpoint(
+            args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher
+        ),
+        lambda _: None,
+    )
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from classification.datasets.check import main_check
+
+    return main_check(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +142,62 @@ def build_parser() -> argparse.ArgumentParser:
     fit_head.add_argument("--config", required=True, help="pretext config file")
     _add_run_options(fit_head)
     fit_head.set_defaults(func=_fit_head)
+
+    # `bissl data check`: classification datasets (classification/datasets/check.py)
+    data = commands.add_parser("data", help="classification datasets: check one before a run")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    data_check = data_commands.add_parser(
+        "check",
+        help="read a dataset as a run would; print its classes and split sizes, or what is missing",
+        description="Read a classification dataset from its on-disk layout with the paper's "
+        "splits (SPEC §5), check every image file, and print the classes and split sizes. "
+        "Exit status 2 with the path looked at and the layout expected if it is missing.",
+    )
+    data_check.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        help="food101 cifar10 cifar100 cub200 sun397 cars aircraft voc2007 dtd pets caltech101 "
+        "flowers",
+    )
+    data_check.add_argument(
+        "--root", required=True, help="the folder you would give torchvision (e.g. /data)"
+    )
+    data_check.add_argument(
+        "--download", action="store_true", help="fetch a missing dataset with torchvision"
+    )
+    data_check.add_argument(
+        "--split-dir", help="write the generated splits here (<name>_seed<seed>.json) or reuse them"
+    )
+    data_check.add_argument("--seed", type=int, default=0, help="validation hold-out seed")
+    data_check.set_defaults(func=_data_check)
+
+    train = commands.add_parser(
+        "train",
+        help="run any stage's config: pretext, head warm-up, BiSSL, fine-tuning",
+        description="Train from an mmengine config (as tools/train.py). Checkpoints are atomic and "
+        "weights-only; --resume continues at the exact step, also inside a BiSSL upper stage.",
+    )
+    train.add_argument("config", help="config file, e.g. configs/classification/bissl_simclr_*.py")
+    _add_run_options(train)
+    train.set_defaults(func=_train)
+
+    test = commands.add_parser(
+        "test",
+        help="evaluate a checkpoint with a config's test data and metric",
+        description="Evaluate CHECKPOINT on the config's test split (as tools/test.py); prints the "
+        "metrics and writes them to <work_dir>/test_results.json (or --out).",
+    )
+    test.add_argument("config", help="config file of the model and its test data")
+    test.add_argument("checkpoint", help="checkpoint file (read with weights_only=True)")
+    test.add_argument("--out", help="JSON file for the metrics")
+    _add_run_options(test)
+    test.set_defaults(func=_test)
+
+    # `bissl export BACKBONE --to detectron2|torchvision --out FILE` (bissl_dense/export.py)
+    from bissl_dense.export import add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 

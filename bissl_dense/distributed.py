@@ -56,6 +56,11 @@ class _GatherWithGrad(torch.autograd.Function):
     all-reduce (sum) of the full gradient followed by slicing computes that with one collective
     supported by every backend (gloo has no reduce-scatter); the gathered tensors are projection
     outputs (batch x 256), so the extra traffic over a reduce-scatter is negligible.
+
+    The backward is itself differentiable (:class:`_SumSlice`, whose adjoint is this gather), so
+    second derivatives through the gathered negatives are exact: BiSSL's Hessian-vector products
+    (SPEC §2) double-backward through SimCLR's loss, and a backward made of a plain in-place
+    all-reduce would silently drop the curvature that flows between ranks.
     """
 
     @staticmethod
@@ -64,16 +69,33 @@ class _GatherWithGrad(torch.autograd.Function):
         world_size = dist.get_world_size()
         parts = [torch.empty_like(x) for _ in range(world_size)]
         dist.all_gather(parts, x)
-        ctx.local_size = x.shape[0]
-        ctx.rank = dist.get_rank()
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.local_size
-        return grad[start : start + ctx.local_size]
+        return _SumSlice.apply(grad_output)
+
+
+class _SumSlice(torch.autograd.Function):
+    """This rank's slice of the sum over ranks: the adjoint of :class:`_GatherWithGrad`.
+
+    For rank ``r``, ``y_r = S_r Σ_k g_k`` with ``S_r`` the slice of rank ``r``'s rows. Its adjoint
+    maps the upstream gradients ``u_r`` of all ranks to ``Σ_r S_rᵀ u_r``, the concatenation of the
+    ``u_r``: an all-gather. The two functions are each other's backward, so any order of
+    differentiation stays exact.
+    """
+
+    @staticmethod
+    def forward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        local_size = total.shape[0] // dist.get_world_size()
+        start = dist.get_rank() * local_size
+        return total[start : start + local_size]
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
+        return _GatherWithGrad.apply(grad_output)
 
 
 def gather_with_grad(x: Tensor) -> Tensor:

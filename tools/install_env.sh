@@ -79,3 +79,63 @@ echo "[install] 3/3 the rest of the stack and this project (editable)"
 "${PIP[@]}" addict packaging Pillow pyyaml yapf opencv-python
 "${PIP[@]}" --no-build-isolation -e "$ROOT"
 "$PY" -c 'import torch, torchvision, mmcv.ops, mmengine, mmdet, mmseg; print("[install] ok: torch", torch.__version__, "mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
+
+# 4. detectron2 (detection on detectron2, SPEC §5), built from source at the commit pinned in
+#    requirements/detectron2.txt: it is not on the package registry. The source is
+#    $DETECTRON2_SOURCE (a source archive or a pip-installable URL; .ci/run points it at the
+#    archive in ../shared/vendor/), by default the upstream repository at that commit. The built
+#    wheel is cached like mmcv's. If it cannot be installed, the rest of the stack stays installed
+#    and the detection tests are skipped with the reason, unless BISSL_REQUIRE_DETECTRON2=1 (CI),
+#    where this step fails.
+D2_PINS="$ROOT/requirements/detectron2.txt"
+D2_COMMIT=$(sed -n -E 's/^# commit: *([0-9a-f]{40}) *$/\1/p' "$D2_PINS")
+if [ -z "$D2_COMMIT" ]; then
+    echo "[install] error: no '# commit: <40 hex digits>' line in $D2_PINS" >&2
+    exit 1
+fi
+D2_SOURCE="${DETECTRON2_SOURCE:-git+https://github.com/facebookresearch/detectron2.git@$D2_COMMIT}"
+D2_STAMP="$VENV/.detectron2-commit"
+install_detectron2() {
+    local torch_version py_tag key_dir wheel tmp built
+    torch_version=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
+    py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    key_dir="$CACHE_DIR/detectron2-${D2_COMMIT:0:12}-torch$torch_version-$py_tag-$(uname -m)"
+    wheel=$(ls "$key_dir"/detectron2-*.whl 2>/dev/null | head -n1 || true)
+    if [ -z "$wheel" ]; then
+        echo "[install] 4/4 building detectron2 ${D2_COMMIT:0:12} from $D2_SOURCE against torch" \
+             "$torch_version (about 1 min on 2 cores; cached afterwards in $key_dir)"
+        tmp=$(mktemp -d)
+        if ! MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip wheel --no-deps --no-build-isolation \
+                --progress-bar off -w "$tmp" "$D2_SOURCE"; then
+            rm -rf "$tmp"
+            return 1
+        fi
+        mkdir -p "$key_dir"
+        built=$(ls "$tmp"/detectron2-*.whl | head -n1)
+        cp "$built" "$key_dir/.partial"  # then rename: a killed install leaves no half wheel
+        mv "$key_dir/.partial" "$key_dir/$(basename "$built")"
+        rm -rf "$tmp"
+        wheel="$key_dir/$(basename "$built")"
+    else
+        echo "[install] 4/4 detectron2 from the cached wheel $wheel"
+    fi
+    # With its dependencies (hydra-core, omegaconf, iopath, black...), constrained by both files.
+    "${PIP[@]}" -c "$D2_PINS" --force-reinstall --no-deps "$wheel" &&
+        "${PIP[@]}" -c "$D2_PINS" "$wheel" &&
+        "$PY" -c 'import detectron2, detectron2._C' &&
+        echo "$D2_COMMIT" > "$D2_STAMP"
+}
+if [ "$(cat "$D2_STAMP" 2>/dev/null)" = "$D2_COMMIT" ] &&
+        "$PY" -c 'import detectron2, detectron2._C' 2>/dev/null; then
+    echo "[install] 4/4 detectron2 ${D2_COMMIT:0:12} already installed"
+elif ! install_detectron2; then
+    rm -f "$D2_STAMP"
+    if [ "${BISSL_REQUIRE_DETECTRON2:-0}" = "1" ]; then
+        echo "[install] error: detectron2 could not be installed from $D2_SOURCE and" \
+             "BISSL_REQUIRE_DETECTRON2=1 requires it" >&2
+        exit 1
+    fi
+    echo "[install] WARNING: detectron2 could not be installed from $D2_SOURCE; everything else" \
+         "is installed and the detection tests will be skipped. Set DETECTRON2_SOURCE to a" \
+         "detectron2 source archive at commit $D2_COMMIT (or a pip-installable URL) and re-run." >&2
+fi

@@ -1,4 +1,12 @@
-"""Throughput of a SimCLR training step through our stack vs. a hand-written PyTorch loop.
+"""Pretext throughput: augmentation per core, SimCLR step through our stack, precision/layout.
+
+1. **Augmentation** (always): two-view ``PretextAugmentation`` images per second on one core
+   (``torch.set_num_threads(1)``, one process), before (torchvision's ``GaussianBlur`` on PIL
+   images) and after (:class:`~bissl_dense.pretext.transforms.PILGaussianBlur`), interleaved.
+2. **Model step, precision and memory layout** (``--device cuda``): images per second of a plain
+   SimCLR training step on generated tensors (no data loading) in float32 and bf16 autocast, each
+   with and without channels-last (``build_backbone(channels_last=True)``).
+3. **Stack vs. hand-written loop** (unless ``--skip-stack``), as follows.
 
 Ours: mmengine ``Runner`` with :class:`~bissl_dense.pretext.methods.SimCLR`, the LARS optimizer
 wrapper, ``ResumableTrainLoop``, ``SeededSampler`` and ``PretextImageFolder`` (per-draw seeded
@@ -11,7 +19,7 @@ shows median seconds per step (data loading included) and images per second, and
 ours/baseline (target >= 0.9).
 
     python -m bissl_dense.benchmarks.pretext [--device cuda] [--arch resnet18] [--batch 64]
-        [--iters N] [--image-size 96] [--workers 2] [--data DIR]
+        [--iters N] [--image-size 96] [--workers 2] [--data DIR] [--aug-images N] [--skip-stack]
 """
 
 from __future__ import annotations
@@ -237,6 +245,123 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def previous_augmentation(image_size: int, **options: Any) -> Any:
+    """The two-view augmentation as it was before the speed-up, for comparisons: torchvision's
+    blur on PIL images and the ToImage → ToDtype → Normalize conversion."""
+    import torch
+    from torchvision.transforms import v2
+
+    from bissl_dense.pretext import PretextAugmentation
+    from bissl_dense.pretext.transforms import PILGaussianBlur, _ToNormalizedTensor
+
+    aug = PretextAugmentation(image_size=image_size, **options)
+    views = []
+    for view in aug.view_transforms:
+        transforms: list[Any] = []
+        for t in view.transforms:
+            if isinstance(t, v2.RandomApply) and isinstance(t.transforms[0], PILGaussianBlur):
+                blur = t.transforms[0]
+                transforms.append(
+                    v2.RandomApply([v2.GaussianBlur(blur.kernel_size, sigma=blur.sigma)], p=t.p)
+                )
+            elif isinstance(t, _ToNormalizedTensor):
+                transforms += [
+                    v2.ToImage(),
+                    v2.ToDtype(torch.float32, scale=True),
+                    v2.Normalize(mean=t.mean, std=t.std),
+                ]
+            else:
+                transforms.append(t)
+        views.append(v2.Compose(transforms))
+    aug.view_transforms = tuple(views)
+    return aug
+
+
+def augmentation_benchmark(
+    image_size: int, images: int, source_size: int = 160
+) -> dict[str, float]:
+    """Two-view augmentations per second on one core, old vs new, interleaved in blocks."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bissl_dense.pretext import PretextAugmentation
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    pictures = [
+        Image.fromarray(rng.integers(0, 256, (source_size, source_size + 40, 3), dtype=np.uint8))
+        for _ in range(16)
+    ]
+    pipelines = {"before": previous_augmentation(image_size),
+                 "after": PretextAugmentation(image_size=image_size)}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    block = 16
+    try:
+        for aug in pipelines.values():  # warm-up
+            aug(pictures[0])
+        for start in range(0, images, block):
+            for name, aug in pipelines.items():
+                t0 = time.perf_counter()
+                for i in range(start, min(images, start + block)):
+                    aug(pictures[i % len(pictures)])
+                times[name].append((time.perf_counter() - t0) / min(block, images - start))
+    finally:
+        torch.set_num_threads(threads)
+    rates = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+    print(
+        f"two-view augmentation, {source_size}x{source_size + 40} source -> {image_size} px, "
+        f"one core, {images} images each"
+    )
+    for name, rate in rates.items():
+        print(f"  {name:<8}{rate:>10.1f} images/s per core")
+    speedup = rates["after"] / rates["before"]
+    print(f"  speed-up: {speedup:.2f}x")
+    return {**rates, "speedup": speedup}
+
+
+def precision_benchmark(args: argparse.Namespace) -> dict[str, float]:
+    """Images/s of a plain SimCLR step in float32 / bf16 autocast, with/without channels-last."""
+    import torch
+
+    from bissl_dense.pretext import LARS, ProjectionHead, build_backbone, nt_xent_loss
+
+    results: dict[str, float] = {}
+    print(f"SimCLR step on {args.device}, {args.arch}, batch {args.batch}, {args.image_size} px")
+    for dtype in (None, torch.bfloat16):
+        for channels_last in (False, True):
+            torch.manual_seed(0)
+            backbone, dim = build_backbone(args.arch, channels_last=channels_last)
+            projector = ProjectionHead(dim)
+            backbone.to(args.device).train()
+            projector.to(args.device).train()
+            optimizer = LARS(list(backbone.parameters()) + list(projector.parameters()), lr=0.1)
+            shape = (args.batch, 3, args.image_size, args.image_size)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            views = [torch.randn(shape, device=args.device).to(memory_format=fmt) for _ in "ab"]
+            times = []
+            for step in range(args.warmup + args.iters):
+                start = time.perf_counter()
+                with torch.autocast(
+                    device_type=torch.device(args.device).type,
+                    dtype=dtype or torch.float32,
+                    enabled=dtype is not None,
+                ):
+                    z = [projector(backbone(v)) for v in views]
+                    loss = nt_xent_loss(z[0].float(), z[1].float(), temperature=0.5)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                _synchronize(args.device)
+                if step >= args.warmup:
+                    times.append(time.perf_counter() - start)
+            name = f"{'bf16' if dtype else 'fp32'}{' + channels-last' if channels_last else ''}"
+            results[name] = args.batch / statistics.median(times)
+            print(f"  {name:<28}{results[name]:>10.1f} images/s")
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bissl_dense.benchmarks.pretext", description=__doc__.split("\n")[0]
@@ -251,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per loop")
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--data", help="image folder (default: generated images)")
+    parser.add_argument(
+        "--aug-images", type=int, default=160, help="images per pipeline, augmentation benchmark"
+    )
+    parser.add_argument(
+        "--skip-stack", action="store_true", help="skip the stack vs hand-written comparison"
+    )
     return parser
 
 
@@ -261,7 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("iters", "block", "batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1")
-    run_benchmark(args)
+    augmentation_benchmark(args.image_size, args.aug_images)
+    if args.device.startswith("cuda"):
+        precision_benchmark(args)
+    else:
+        print("bf16 / channels-last step throughput: run with --device cuda (GPU only)")
+    if not args.skip_stack:
+        run_benchmark(args)
     return 0
 
 

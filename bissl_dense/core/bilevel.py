@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from bissl_dense.core.correspondence import BackboneCorrespondence
-from bissl_dense.core.implicit import CGMode, HVPMode, gradients, implicit_jacobian_product
+from bissl_dense.core.implicit import (
+    CGMode,
+    HVPMode,
+    ImplicitSolver,
+    SolverKind,
+    gradients,
+    make_hvp,
+)
 from bissl_dense.distributed import all_reduce_mean_
 
 __all__ = [
@@ -57,12 +65,19 @@ class BiSSLConfig:
     cg_iters: int = 5  # K
     cg: CGMode = "global"  # the reference uses "layerwise"; global leaves smaller residuals
     hvp: HVPMode = "exact"
+    # "cg" | "minres" | "recycled" (implicit.py); the default is chosen by the measurement in
+    # bissl_dense.benchmarks.implicit (docs in ImplicitSolver)
+    solver: SolverKind = "cg"
+    warm_start: bool = False  # start each solve of a stage from the previous solution
     grad_clip_norm: float | None = 10.0  # per level, L2 norm over that level's parameters
     discard_implicit_jacobian: bool = False  # ablation "IJ discarded" (paper §4.4)
     train_pretext_head: bool = True  # φ_P is optimised with θ_L at the lower level (paper Eq. 3)
     alternations: int = 500  # T
     lower_steps: int = 20  # N_L
     upper_steps: int = 8  # N_U
+    # Log the relative CG residual ‖(I + H/(λ+δ))x − v‖/‖v‖ every this many upper steps (0: never).
+    # It costs one more Hessian-vector product on those steps.
+    residual_every: int = 0
 
     def __post_init__(self) -> None:
         bad = [
@@ -70,6 +85,8 @@ class BiSSLConfig:
             for k in ("cg_iters", "alternations", "lower_steps", "upper_steps")
             if int(getattr(self, k)) < 0 or (k != "cg_iters" and int(getattr(self, k)) < 1)
         ]
+        if int(self.residual_every) < 0:
+            bad.append(f"residual_every={self.residual_every!r} (must be >= 0)")
         if self.lam + self.damping <= 0:
             bad.append(f"lam + damping = {self.lam + self.damping} (must be > 0)")
         if bad:
@@ -105,6 +122,27 @@ def linear_warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int],
     return factor
 
 
+@contextmanager
+def restored_buffers(module: nn.Module) -> Iterator[None]:
+    """Run a block after which every buffer of ``module`` is exactly as before it.
+
+    Used for forward passes whose side effects on BatchNorm running statistics must be
+    discarded: the upper model evaluated with the lower backbone substituted (SPEC §2), which
+    in train mode normalises with the batch statistics but must not move the upper model's
+    running statistics towards those of θ_L's features.
+    """
+    buffers = list(module.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        # through .data: a graph retained across the block (the implicit solver's per-stage
+        # graph) may have saved these tensors; an autograd-visible copy_ would invalidate it
+        with torch.no_grad():
+            for b, value in zip(buffers, saved, strict=True):
+                b.data.copy_(value)
+
+
 def _trainable(params: Iterator[tuple[str, nn.Parameter]], exclude: set[str]) -> list[nn.Parameter]:
     return [p for name, p in params if p.requires_grad and name not in exclude]
 
@@ -113,7 +151,14 @@ class BilevelStep:
     """One lower or one upper BiSSL update, on models, losses and optimisers a task supplies.
 
     The lower optimiser must hold θ_L (and φ_P when ``config.train_pretext_head``); the upper
-    optimiser θ_U and φ_D. Schedulers, when given, are stepped after every update of their level.
+    optimiser θ_U and φ_D. Schedulers, when given, are stepped after every update of their level
+    (SPEC §3: each level's learning rate follows its own schedule, counted in its own steps).
+    ``after_lower_update(k)`` runs after the k-th (0-based) lower optimiser step, e.g. BYOL's
+    target EMA, which must follow the online network after every lower step.
+
+    BatchNorm: the upper model is evaluated twice per upper step, in train mode (batch
+    statistics). The pass with θ_U updates its running statistics as fine-tuning would; the pass
+    with θ_L substituted leaves them exactly unchanged (:func:`restored_buffers`).
     """
 
     def __init__(
@@ -130,9 +175,25 @@ class BilevelStep:
         lower_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         upper_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         config: BiSSLConfig | None = None,
+        after_lower_update: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config or BiSSLConfig()
+        self.after_lower_update = after_lower_update
+        self.lower_updates = 0  # lower optimiser steps taken (BYOL's EMA schedule counts them)
+        self.upper_updates = 0
         self.correspondence = BackboneCorrespondence(lower_backbone, upper_model, correspondence)
+        cfg = self.config
+        # One solver per step: H is fixed during an upper stage, so the products' graph / base
+        # gradient is built once per stage (begin_upper_stage), not once per upper step.
+        self.implicit_solver = ImplicitSolver(
+            lam=cfg.lam,
+            damping=cfg.damping,
+            iters=cfg.cg_iters,
+            cg=cfg.cg,
+            hvp=cfg.hvp,
+            solver=cfg.solver,
+            warm_start=cfg.warm_start,
+        )
         self.lower_model, self.upper_model = lower_model, upper_model
         self.lower_loss, self.upper_loss = lower_loss, upper_loss
         self.lower_optimizer, self.upper_optimizer = lower_optimizer, upper_optimizer
@@ -208,6 +269,9 @@ class BilevelStep:
         self.lower_optimizer.step()
         if self.lower_scheduler is not None:
             self.lower_scheduler.step()
+        if self.after_lower_update is not None:
+            self.after_lower_update(self.lower_updates)
+        self.lower_updates += 1
         return {
             "lower/pretext_loss": pretext_loss.detach(),
             "lower/proximal": proximal.detach()
@@ -237,23 +301,27 @@ class BilevelStep:
             all_reduce_mean_(grads)
         else:
             substituted = dict(zip(self.correspondence.upper_names, theta_l, strict=True))
-            implicit_loss = self.upper_loss(batch, substituted)
-            implicit = gradients(implicit_loss, theta_l + head)
+            # Restored after the backward: BatchNorm's autograd node holds the running
+            # statistics it updated in place, and checks they were not changed since.
+            with restored_buffers(self.upper_model):
+                implicit_loss = self.upper_loss(batch, substituted)
+                implicit = gradients(implicit_loss, theta_l + head)
             lower_grad = implicit[:n_backbone]
             head_grad = [a + b for a, b in zip(head_grad, implicit[n_backbone:], strict=True)]
             # One collective for everything; the CG right-hand side must be the rank average.
             all_reduce_mean_(backbone_grad + head_grad + lower_grad)
-            ij_product = implicit_jacobian_product(
-                lambda: self.lower_loss(hessian_batch),
-                theta_l,
-                lower_grad,
-                lam=cfg.lam,
-                damping=cfg.damping,
-                iters=cfg.cg_iters,
-                cg=cfg.cg,
-                hvp=cfg.hvp,
-                buffers=list(self.lower_model.buffers()),
-            )
+            one_shot = not self.implicit_solver.active  # called outside begin/end_upper_stage
+            if one_shot:
+                self.begin_upper_stage(hessian_batch)
+            try:
+                ij_product = self.implicit_solver.solve(lower_grad)
+            finally:
+                if one_shot:
+                    self.end_upper_stage()
+            if cfg.residual_every and self.upper_updates % cfg.residual_every == 0:
+                metrics["upper/cg_relative_residual"] = self.relative_residual(
+                    hessian_batch, ij_product, lower_grad
+                )
             backbone_grad = [a + b for a, b in zip(backbone_grad, ij_product, strict=True)]
             metrics["upper/loss_at_lower_backbone"] = implicit_loss.detach()
 
@@ -264,13 +332,53 @@ class BilevelStep:
         self.upper_optimizer.step()
         if self.upper_scheduler is not None:
             self.upper_scheduler.step()
+        self.upper_updates += 1
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
+    def begin_upper_stage(self, hessian_batch: Any) -> None:
+        """θ_L and the Hessian batch are fixed from here until :meth:`end_upper_stage`: build the
+        implicit solver's per-stage state (exact: one forward pass and first-order graph)."""
+        self.implicit_solver.begin_stage(
+            lambda: self.lower_loss(hessian_batch),
+            self.lower_backbone_params,
+            list(self.lower_model.buffers()),
+        )
+
+    def end_upper_stage(self) -> None:
+        """Free the stage's graph / cached gradient (after the stage's last upper step)."""
+        self.implicit_solver.end_stage()
+
+    def relative_residual(
+        self, hessian_batch: Any, solution: list[Tensor], rhs: list[Tensor]
+    ) -> Tensor:
+        """‖(I + H/(λ+δ))x − v‖ / ‖v‖ for the CG solution x of the right-hand side v.
+
+        One exact Hessian-vector product on the Hessian batch (θ_L fixed), averaged across ranks
+        like the products inside the solve; the lower model's buffers are left unchanged.
+        """
+        cfg = self.config
+        if self.implicit_solver.active and cfg.hvp == "exact":  # the stage's graph: one product
+            return self.implicit_solver.relative_residual(solution, rhs)
+        with restored_buffers(self.lower_model):
+            hx = make_hvp(lambda: self.lower_loss(hessian_batch), self.lower_backbone_params)(
+                solution
+            )
+        all_reduce_mean_(hx)
+        scale = 1.0 / (cfg.lam + cfg.damping)
+        residual = [x + scale * h - v for x, h, v in zip(solution, hx, rhs, strict=True)]
+        num = torch.linalg.vector_norm(torch.stack([r.norm() for r in residual]))
+        den = torch.linalg.vector_norm(torch.stack([v.norm() for v in rhs]))
+        return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).detach()
+
+    def state_dict(self, include_optimizers: bool = True) -> dict[str, Any]:
+        """Optimisers (unless a framework saves them itself), schedulers and update counters."""
         state: dict[str, Any] = {
-            "lower_optimizer": self.lower_optimizer.state_dict(),
-            "upper_optimizer": self.upper_optimizer.state_dict(),
+            "lower_updates": self.lower_updates,
+            "upper_updates": self.upper_updates,
         }
+        if include_optimizers:
+            state["lower_optimizer"] = self.lower_optimizer.state_dict()
+            state["upper_optimizer"] = self.upper_optimizer.state_dict()
         if self.lower_scheduler is not None:
             state["lower_scheduler"] = self.lower_scheduler.state_dict()
         if self.upper_scheduler is not None:
@@ -278,8 +386,12 @@ class BilevelStep:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.lower_optimizer.load_state_dict(state["lower_optimizer"])
-        self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        """Inverse of :meth:`state_dict`; optimisers are loaded only when the state holds them."""
+        if "lower_optimizer" in state:
+            self.lower_optimizer.load_state_dict(state["lower_optimizer"])
+            self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        self.lower_updates = int(state.get("lower_updates", 0))
+        self.upper_updates = int(state.get("upper_updates", 0))
         for name in ("lower_scheduler", "upper_scheduler"):
             scheduler = getattr(self, name)
             if (scheduler is None) != (name not in state):
@@ -289,6 +401,12 @@ class BilevelStep:
                 )
             if scheduler is not None:
                 scheduler.load_state_dict(state[name])
+                # A scheduler built after its optimiser's state was loaded (as mmengine resumes)
+                # reset the learning rates to the schedule's start; put back the saved ones.
+                for group, lr in zip(
+                    scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True
+                ):
+                    group["lr"] = lr
 
 
 BatchSource = Callable[[int], Iterator[Any]]
@@ -341,10 +459,17 @@ class BilevelTrainer:
         else:
             if within == 0:  # one lower batch, held for the whole upper stage
                 self.hessian_batch = self._next("lower")
+                self.step_fn.end_upper_stage()
             self.step_fn.lower_model.train()  # the Hessian is taken in train mode (SPEC §3)
+            solver = self.step_fn.implicit_solver
+            if not solver.active and not self.config.discard_implicit_jacobian:
+                # the stage's first step, or the first after a resume in mid-stage
+                self.step_fn.begin_upper_stage(self.hessian_batch)
+            self.step_fn.upper_model.train()  # both upper passes use batch statistics
             metrics = self.step_fn.upper_step(self._next("upper"), self.hessian_batch)
             if within == self.config.upper_steps - 1:
                 self.hessian_batch = None
+                self.step_fn.end_upper_stage()
         self.global_step += 1
         return phase, metrics
 
@@ -365,7 +490,14 @@ class BilevelTrainer:
             if callback is not None:
                 callback(self.global_step, phase, metrics)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, include_optimizers: bool = True) -> dict[str, Any]:
+        """Everything a resumed run needs besides the models' parameters and buffers.
+
+        ``include_optimizers=False`` leaves the optimisers' state out, for frameworks that save
+        it themselves (the mmengine and detectron2 drivers). The Hessian batch is held as the
+        batch itself (tensors and plain containers for the pretext loaders of this project), so
+        that ``torch.load(weights_only=True)`` reads it back.
+        """
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -373,7 +505,7 @@ class BilevelTrainer:
             "global_step": self.global_step,
             "consumed": dict(self.consumed),
             "hessian_batch": self.hessian_batch,
-            "step": self.step_fn.state_dict(),
+            "step": self.step_fn.state_dict(include_optimizers),
             "rng": rng,
             "config": asdict(self.config),
         }
@@ -395,3 +527,4 @@ class BilevelTrainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self._iters = {"lower": None, "upper": None}
+        self.step_fn.end_upper_stage()  # a stage in progress is rebuilt at the next upper step

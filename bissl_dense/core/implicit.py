@@ -3,46 +3,97 @@
 With the proximal lower level  θ_L*(θ_U) = argmin L_P(θ_L) + (λ/2)||θ_L − θ_U||², the implicit
 function theorem gives  dθ_L*/dθ_U = (I + H/λ)⁻¹  with H = ∇²_θ L_P(θ_L*). The matrix is symmetric,
 so the vector-Jacobian product the upper level needs is the same solve. It is approximated by K
-iterations of conjugate gradient on  (I + H/(λ + δ)) x = v, δ being a damping term, using only
+iterations of a Krylov solver on  A x = v,  A = I + H/(λ + δ), δ being a damping term, using only
 Hessian-vector products (HVPs).
+
+One solver per upper stage
+--------------------------
+During an upper stage θ_L and the Hessian batch are fixed (SPEC §3), so H is the same matrix for
+all N_U solves of the stage. :class:`ImplicitSolver` builds what the products need once per stage
+(``begin_stage``) and reuses it in every ``solve``; ``implicit_jacobian_product`` is the one-shot
+form (one stage of one solve).
 
 HVP modes
 ---------
 ``"exact"``
-    One forward pass and one first-order gradient graph (``create_graph=True``); each of the K
-    products is a double-backward through that same graph. K + 1 backward-sized passes.
+    One forward pass and one first-order gradient graph (``create_graph=True``) per *stage*; each
+    product is a double backward through that same graph. Memory: the graph stays allocated for
+    the whole stage (the forward activations plus what the first-order backward saved for the
+    second, a few times one forward's activations; the benchmark reports it as
+    ``stage_graph_mib``), and it is freed by ``end_stage``.
 ``"finite_difference"``
-    Differences of gradients: central, Hv ≈ (∇L(θ + εv) − ∇L(θ − εv)) / 2ε (2K gradients), or
-    forward, Hv ≈ (∇L(θ + εv) − ∇L(θ)) / ε with ∇L(θ) computed once (K + 1 gradients). No
-    second-order graph: less memory and no double backward. The perturbed
-    passes replay the activation pattern (ReLU masks, max-pool indices) of the pass at θ, so the
-    difference is taken on the smooth piece of the loss that autograd's Hessian describes; without
-    that, units crossing their kink dominate the difference in float32 (activation_pattern.py).
-    Its error is measured, not assumed (``bissl_dense.benchmarks.implicit`` reports it).
+    Differences of gradients: forward, Hv ≈ (∇L(θ + εv) − ∇L(θ)) / ε, with ∇L(θ) and the
+    activation pattern computed once per stage, so each product costs one gradient; or central,
+    (∇L(θ + εv) − ∇L(θ − εv)) / 2ε, two gradients per product. No second-order graph: less memory
+    and no double backward. The perturbed passes replay the activation pattern (ReLU masks,
+    clamp/hardtanh saturation, max-pool indices) of the pass at θ, so the difference is taken on
+    the smooth piece of the loss that autograd's Hessian describes; a non-smooth operation it
+    cannot replay makes the call raise, naming it (activation_pattern.py).
 ``"recompute"``
     The authors' scheme: a fresh forward pass, first-order graph and double backward for every
     product. Kept as the baseline the other two are measured against
     (``python -m bissl_dense.benchmarks.implicit``).
 
-Batch statistics: ``loss_fn`` is evaluated in whatever mode its modules are in. For BiSSL the lower
-model is in train mode, so BatchNorm normalises with the statistics of the (fixed) Hessian batch
-itself and H includes the derivatives through those batch statistics; the running statistics do
-not enter the products. Each forward pass in train mode would still update the running statistics
-(the reference updates them K + 1 times per upper step); ``implicit_jacobian_product`` restores
-every tensor passed as ``buffers`` (give it ``model.buffers()``) so that on return the running
-statistics, like the parameters, are exactly as before the call.
+Solvers
+-------
+``"cg"``
+    Conjugate gradient, ``cg="global"`` (textbook) or ``"layerwise"`` (separate scalars per
+    tensor, the reference's variant). CG assumes A positive definite. With the paper's λ + δ = 10
+    A is indefinite as soon as H has an eigenvalue below −10, which happens on real networks (the
+    benchmark's ResNet-18 with SimCLR): K-step CG can then return an x with
+    ||Ax − v|| > ||v||, i.e. worse than x = 0.
+``"minres"``
+    MINRES (Paige and Saunders, 1975): Lanczos on A with the residual minimised over the Krylov
+    space, for symmetric indefinite systems. One product per iteration like CG, and its residual
+    never increases, so it is never above ||v|| (never worse than no solve).
+``"recycled"``
+    Minimal residual over a subspace recycled across the stage (GCR with the Krylov vectors of
+    the stage's earlier solves kept together with their images under A). Since A does not change
+    within a stage, a new right-hand side is first projected onto the stored subspace for free;
+    the first solve of a stage takes ``iters`` products, every later one ``recycle_iters``
+    (default 1) products, each of which adds a direction. With an empty subspace it is
+    mathematically MINRES. Memory: ``recycle_max`` pairs of backbone-sized vectors.
 
-No host synchronisation happens inside the CG loop: the CG scalars stay on the device, and a zero
-denominator (an exactly converged residual) is handled with ``torch.where`` rather than a branch.
-Under ``torch.distributed`` every Hessian-vector product is averaged across ranks (one flattened
-all-reduce per product), so each rank solves with the Hessian of the mean loss over all ranks'
-batches. The right-hand side ``vectors`` must already be identical on all ranks (average it first):
-K-step CG is not linear in its right-hand side, so averaging solutions is not the same thing.
+``warm_start=True`` reuses the stage's previous solution x_prev in every CG/MINRES solve. Plainly
+starting the iteration from x_prev lowered the residual on some problems and raised it up to 4x
+on others at equal K (tests/core/test_implicit.py), so instead the new solution is the least-
+squares best combination of the cold solve's x and x_prev: A x_prev is known from the previous
+solve's recurrences, so this costs no product, and the residual is never above the cold solve's.
+Consecutive right-hand sides of a stage are correlated, so x_prev usually adds information.
+
+Batch statistics and randomness
+-------------------------------
+``loss_fn`` is evaluated in whatever mode its modules are in. For BiSSL the lower model is in
+train mode, so BatchNorm normalises with the statistics of the (fixed) Hessian batch itself and H
+includes the derivatives through those batch statistics; the running statistics do not enter the
+products. Every forward pass in train mode would still update the running statistics (the
+reference updates them K + 1 times per upper step); the solver restores every tensor passed as
+``buffers`` (give it ``model.buffers()``) after each pass it makes, so the running statistics,
+like the parameters, are exactly as before.
+
+The random number generators (CPU and the parameters' CUDA devices) are captured when the stage
+begins and every loss evaluation of the stage runs on a fork of that state: dropout, drop-path
+and masking draw the same randomness in every pass, so H is the Hessian of one fixed function
+(without this, recompute and finite differences mix different dropout masks). The caller's
+generators are left exactly as they were.
+
+Precision: every loss evaluation runs with autocast disabled, so the products are computed in the
+parameters' dtype (float32) even when the surrounding training step uses bf16/fp16 autocast:
+second derivatives in bf16 (8 significant bits) are too noisy for a solve. A model that enables
+autocast inside its own ``forward`` overrides this.
+
+No host synchronisation happens inside the solvers: their scalars stay on the device, and zero
+denominators (an exactly converged residual) are handled with ``torch.where`` rather than a
+branch. Under ``torch.distributed`` every Hessian-vector product is averaged across ranks (one
+flattened all-reduce per product), so each rank solves with the Hessian of the mean loss over all
+ranks' batches. The right-hand side ``vectors`` must already be identical on all ranks (average it
+first): K-step Krylov solvers are not linear in their right-hand side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -53,16 +104,26 @@ from bissl_dense.distributed import all_reduce_mean_
 
 __all__ = [
     "HessianVectorProduct",
+    "ImplicitSolver",
     "conjugate_gradient",
     "gradients",
     "implicit_jacobian_product",
     "make_hvp",
+    "minres",
 ]
 
 CGMode = Literal["layerwise", "global"]
 HVPMode = Literal["exact", "finite_difference", "recompute"]
 FDScheme = Literal["central", "forward"]
+SolverKind = Literal["cg", "minres", "recycled"]
 HessianVectorProduct = Callable[[Sequence[Tensor]], list[Tensor]]
+Vectors = list[Tensor]
+
+SOLVERS: tuple[str, ...] = ("cg", "minres", "recycled")
+
+
+# ---------------------------------------------------------------------------------------------
+# vector helpers (a "vector" is a list of tensors, one per parameter)
 
 
 def _dots(a: Sequence[Tensor], b: Sequence[Tensor], mode: CGMode) -> list[Tensor]:
@@ -74,30 +135,46 @@ def _dots(a: Sequence[Tensor], b: Sequence[Tensor], mode: CGMode) -> list[Tensor
     return [total] * len(per_tensor)
 
 
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return torch.stack([torch.sum(x * y) for x, y in zip(a, b, strict=True)]).sum()
+
+
+def _norm(a: Sequence[Tensor]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a]))
+
+
+def _axpy(y: Sequence[Tensor], alpha: Tensor | float, x: Sequence[Tensor]) -> Vectors:
+    """y + alpha * x."""
+    return [yi + alpha * xi for yi, xi in zip(y, x, strict=True)]
+
+
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     # A residual that is exactly zero gives 0/0; the right step is then 0. torch.where keeps this on
     # the device (no `if` on a tensor value, hence no host synchronisation).
     return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), 0.0)
 
 
-def conjugate_gradient(
+# ---------------------------------------------------------------------------------------------
+# solvers: each returns (x, A x), the latter from its own recurrences (no extra product)
+
+
+def _cg(
     matvec: HessianVectorProduct,
     rhs: Sequence[Tensor],
     iters: int,
-    mode: CGMode = "global",
-) -> list[Tensor]:
-    """K iterations of CG for ``matvec(x) = rhs`` starting from x = 0.
-
-    ``mode="global"`` is the textbook method: one step size α and one conjugation coefficient β
-    over the concatenation of all tensors. ``mode="layerwise"`` runs the same recurrences with
-    separate α and β per tensor, as the BiSSL reference does (paper App. B.3). It is exact when the
-    system has no coupling between tensors (block-diagonal matrix) and a heuristic otherwise.
-    """
+    mode: CGMode,
+    x0: Sequence[Tensor] | None = None,
+    ax0: Sequence[Tensor] | None = None,
+) -> tuple[Vectors, Vectors]:
     if mode not in ("layerwise", "global"):
         raise ValueError(f"cg must be 'layerwise' or 'global', got {mode!r}")
-    x = [torch.zeros_like(v) for v in rhs]
-    r = [v.clone() for v in rhs]
-    p = [v.clone() for v in rhs]
+    if x0 is None or ax0 is None:
+        x = [torch.zeros_like(v) for v in rhs]
+        r = [v.clone() for v in rhs]
+    else:
+        x = [t.clone() for t in x0]
+        r = [v - a for v, a in zip(rhs, ax0, strict=True)]
+    p = [t.clone() for t in r]
     rr = _dots(r, r, mode)
     for _ in range(iters):
         ap = matvec(p)
@@ -108,7 +185,149 @@ def conjugate_gradient(
         beta = [_safe_div(a, b) for a, b in zip(rr_new, rr, strict=True)]
         p = [ri + b * pi for ri, b, pi in zip(r, beta, p, strict=True)]
         rr = rr_new
-    return x
+    return x, [v - ri for v, ri in zip(rhs, r, strict=True)]
+
+
+def conjugate_gradient(
+    matvec: HessianVectorProduct,
+    rhs: Sequence[Tensor],
+    iters: int,
+    mode: CGMode = "global",
+    x0: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """K iterations of CG for ``matvec(x) = rhs`` starting from ``x0`` (default x = 0).
+
+    ``mode="global"`` is the textbook method: one step size α and one conjugation coefficient β
+    over the concatenation of all tensors. ``mode="layerwise"`` runs the same recurrences with
+    separate α and β per tensor, as the BiSSL reference does (paper App. B.3). It is exact when the
+    system has no coupling between tensors (block-diagonal matrix) and a heuristic otherwise.
+    A start ``x0`` costs one product for its residual.
+    """
+    ax0 = None if x0 is None else matvec(list(x0))
+    return _cg(matvec, rhs, iters, mode, x0, ax0)[0]
+
+
+def _minres(
+    matvec: HessianVectorProduct,
+    rhs: Sequence[Tensor],
+    iters: int,
+    x0: Sequence[Tensor] | None = None,
+    ax0: Sequence[Tensor] | None = None,
+) -> tuple[Vectors, Vectors]:
+    """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`."""
+    b = [t.clone() for t in rhs] if ax0 is None else [v - a for v, a in zip(rhs, ax0, strict=True)]
+    zeros = [torch.zeros_like(t) for t in rhs]
+    tiny = torch.finfo(rhs[0].dtype).tiny
+    # Lanczos: q_1 = b / β_1;  β_{k+1} q_{k+1} = A q_k − α_k q_k − β_k q_{k−1}.
+    beta = _norm(b)
+    q_prev, q = zeros, [t * _safe_div(torch.ones_like(beta), beta) for t in b]
+    # QR of the (k+1) × k tridiagonal Lanczos matrix by Givens rotations (c_k, s_k); the k-th
+    # column after the two previous rotations is (ε_k, δ_k, γ̄_k, β_{k+1}). The residual norm of
+    # x_k is |φ̄_k| with φ̄_0 = β_1, φ̄_k = s_k φ̄_{k−1}.
+    c = torch.full_like(beta, -1.0)
+    s = torch.zeros_like(beta)
+    delta_bar = torch.zeros_like(beta)
+    eps_next = torch.zeros_like(beta)
+    phi_bar = beta.clone()
+    # search directions w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k and their images A w_k
+    w_prev2, w_prev, aw_prev2, aw_prev = zeros, zeros, zeros, zeros
+    d, ad = zeros, zeros
+    for _ in range(iters):
+        aq = matvec(q)
+        alpha = _dot(q, aq)
+        z = [a - alpha * qi - beta * qp for a, qi, qp in zip(aq, q, q_prev, strict=True)]
+        beta_next = _norm(z)
+        epsilon = eps_next
+        delta = c * delta_bar + s * alpha
+        gamma_bar = s * delta_bar - c * alpha
+        eps_next = s * beta_next
+        delta_bar = -c * beta_next
+        gamma = torch.sqrt(gamma_bar**2 + beta_next**2).clamp_min(tiny)
+        c, s = gamma_bar / gamma, beta_next / gamma
+        tau = c * phi_bar
+        phi_bar = s * phi_bar
+        w = [
+            (qi - delta * w1 - epsilon * w2) / gamma
+            for qi, w1, w2 in zip(q, w_prev, w_prev2, strict=True)
+        ]
+        aw = [
+            (a - delta * a1 - epsilon * a2) / gamma
+            for a, a1, a2 in zip(aq, aw_prev, aw_prev2, strict=True)
+        ]
+        d, ad = _axpy(d, tau, w), _axpy(ad, tau, aw)
+        w_prev2, w_prev, aw_prev2, aw_prev = w_prev, w, aw_prev, aw
+        q_prev, q = q, [t * _safe_div(torch.ones_like(beta_next), beta_next) for t in z]
+        beta = beta_next
+    if x0 is None or ax0 is None:
+        return d, ad
+    return _axpy(x0, 1.0, d), _axpy(ax0, 1.0, ad)
+
+
+def minres(
+    matvec: HessianVectorProduct,
+    rhs: Sequence[Tensor],
+    iters: int,
+    x0: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """K iterations of MINRES for the symmetric (possibly indefinite) system ``matvec(x) = rhs``.
+
+    x_k minimises ||rhs − A x|| over x0 + the Krylov space K_k(A, rhs − A x0), so the residual
+    never increases with k and equals the dense solve's (zero) after n iterations in exact
+    arithmetic. One product per iteration (a start ``x0`` costs one more for its residual).
+    """
+    ax0 = None if x0 is None else matvec(list(x0))
+    return _minres(matvec, rhs, iters, x0, ax0)[0]
+
+
+class _RecycledSubspace:
+    """Pairs (u_i, w_i = A u_i) with the w_i orthonormal, kept across the solves of a stage."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.u: list[Vectors] = []
+        self.w: list[Vectors] = []
+
+    def __len__(self) -> int:
+        return len(self.w)
+
+    def project(self, v: Sequence[Tensor]) -> tuple[Vectors, Vectors]:
+        """x in span(u) minimising ||v − A x|| (no product), and its residual v − A x."""
+        x = [torch.zeros_like(t) for t in v]
+        r = [t.clone() for t in v]
+        for u, w in zip(self.u, self.w, strict=True):
+            coefficient = _dot(w, r)  # modified Gram-Schmidt order: against the current residual
+            x, r = _axpy(x, coefficient, u), _axpy(r, -coefficient, w)
+        return x, r
+
+    def add(self, u: Vectors, w: Vectors) -> tuple[Vectors, Vectors]:
+        """Orthonormalise w against the stored w_i (same combination on u), store, return it."""
+        for ui, wi in zip(self.u, self.w, strict=True):
+            h = _dot(wi, w)
+            u, w = _axpy(u, -h, ui), _axpy(w, -h, wi)
+        inverse = _safe_div(torch.ones((), dtype=w[0].dtype, device=w[0].device), _norm(w))
+        u, w = [t * inverse for t in u], [t * inverse for t in w]
+        self.u.append(u)
+        self.w.append(w)
+        if len(self.w) > self.max_size:  # a subset of an orthonormal set stays orthonormal
+            del self.u[0], self.w[0]
+        return u, w
+
+
+def _recycled(
+    matvec: HessianVectorProduct, rhs: Sequence[Tensor], iters: int, space: _RecycledSubspace
+) -> tuple[Vectors, Vectors]:
+    """GCR from the projection onto ``space``; every product extends the space (minimal residual
+    over the whole stored subspace plus the new directions)."""
+    x, r = space.project(rhs)
+    for _ in range(iters):
+        u, w = space.add([t.clone() for t in r], matvec(r))
+        coefficient = _dot(w, r)
+        x, r = _axpy(x, coefficient, u), _axpy(r, -coefficient, w)
+    return x, [v - ri for v, ri in zip(rhs, r, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-vector products
 
 
 def gradients(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
@@ -117,20 +336,46 @@ def gradients(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
-def make_hvp(
-    loss_fn: Callable[[], Tensor],
+class _StageRandomness:
+    """The CPU and CUDA generator states at the start of a stage, replayed for every loss pass."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_states = [torch.cuda.get_rng_state(d) for d in self.devices]
+        self.device_type = params[0].device.type if params else "cpu"
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu_state)
+            for device, state in zip(self.devices, self.cuda_states, strict=True):
+                torch.cuda.set_rng_state(state, device)
+            with _autocast_disabled(self.device_type):
+                yield
+
+
+def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager[None]:
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _make_products(
+    evaluate: Callable[[], Tensor],
     params: Sequence[Tensor],
-    mode: HVPMode = "exact",
-    fd_step: float | None = None,
-    fd_scheme: FDScheme = "forward",
+    mode: HVPMode,
+    fd_step: float | None,
+    fd_scheme: FDScheme,
 ) -> HessianVectorProduct:
-    """A function v ↦ H v, H the Hessian of ``loss_fn()`` w.r.t. ``params`` (module docstring)."""
+    """Build v ↦ H v; what can be built once (graph, base gradient, pattern) is built here."""
     params = list(params)
     if mode == "exact":
-        grads = gradients(loss_fn(), params, create_graph=True)
+        with torch.enable_grad():
+            grads = gradients(evaluate(), params, create_graph=True)
         differentiable = [i for i, g in enumerate(grads) if g.requires_grad]
 
-        def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
+        def exact(vectors: Sequence[Tensor]) -> list[Tensor]:
             out = [torch.zeros_like(p) for p in params]
             if differentiable:
                 second = torch.autograd.grad(
@@ -143,78 +388,327 @@ def make_hvp(
                 out = [o if s is None else s for o, s in zip(out, second, strict=True)]
             return out
 
-        return hvp
+        return exact
 
     if mode == "recompute":
 
-        def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
-            grads = gradients(loss_fn(), params, create_graph=True)
-            dot = sum((g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad)
-            if not isinstance(dot, Tensor) or not dot.requires_grad:
-                return [torch.zeros_like(p) for p in params]
-            return gradients(dot, params)
+        def recompute(vectors: Sequence[Tensor]) -> list[Tensor]:
+            with torch.enable_grad():
+                grads = gradients(evaluate(), params, create_graph=True)
+                dot = sum(
+                    (g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad
+                )
+                if not isinstance(dot, Tensor) or not dot.requires_grad:
+                    return [torch.zeros_like(p) for p in params]
+                return gradients(dot, params)
 
-        return hvp
+        return recompute
 
     if mode == "finite_difference":
-        if fd_scheme not in ("central", "forward"):
-            raise ValueError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
-        # The perturbed forward passes replay the ReLU masks and max-pool indices of the pass at θ
-        # (see activation_pattern.py): without this, kink crossings dominate the difference.
-        pattern = ActivationPattern()
-        with torch.enable_grad():
-            with pattern.recording():
-                base_loss = loss_fn()
-            # the forward scheme differences against ∇L(θ); the central one needs only the pattern
-            base_grad = gradients(base_loss, params) if fd_scheme == "forward" else None
-        # θ + εv − εv is not θ in floating point: restore from a copy, bit for bit.
-        saved = [p.detach().clone() for p in params]
-        # Step rule: no tensor moves by more than a fraction c of its own norm,
-        #   ε = c / max_i(||v_i|| / s_i),  s_i = max(||θ_i||, ||θ||·√(n_i / n)),
-        # the floor giving zero-norm tensors (fresh BatchNorm biases) their share of ||θ||. A
-        # step scaled by the global ||θ|| is far too large when v is concentrated: the upper
-        # gradient of a ResNet-18 put 66% of ||v||² on conv1, moved 6x its norm per unit step.
-        # c balances truncation against cancellation: √(machine ε) for the forward scheme
-        # (error O(ε)); for the central one (O(ε²)) theory says ∛ up to constants, measured best
-        # at c ≈ 1e-3 in float32 (machine ε^0.42). Measured on ResNet-18 with a SimCLR loss,
-        # float32, along the upper gradient and a random direction: relative product errors
-        # 5e-3 (forward) and 5e-4 (central).
-        norms = torch.stack([p.detach().norm() for p in params])
-        total = torch.linalg.vector_norm(norms)
-        n_total = sum(p.numel() for p in params)
-        floors = torch.stack([total * (p.numel() / n_total) ** 0.5 for p in params])
-        scales = torch.maximum(norms, floors).clamp_min(torch.finfo(norms.dtype).tiny)
-        info = torch.finfo(norms.dtype)
-        relative_step = info.eps ** (0.5 if fd_scheme == "forward" else 0.42)
-
-        def gradient_at(shift: Tensor, vectors: Sequence[Tensor]) -> list[Tensor]:
-            with torch.no_grad():
-                for p, v in zip(params, vectors, strict=True):
-                    p.add_(v * shift)
-            try:
-                with pattern.replaying():
-                    shifted_loss = loss_fn()
-                return gradients(shifted_loss, params)
-            finally:
-                with torch.no_grad():
-                    for p, original in zip(params, saved, strict=True):
-                        p.copy_(original)
-
-        def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
-            if fd_step is not None:
-                eps = torch.as_tensor(fd_step, dtype=norms.dtype, device=norms.device)
-            else:
-                v_norms = torch.stack([v.norm() for v in vectors])
-                eps = relative_step / (v_norms / scales).max().clamp_min(info.tiny)
-            plus = gradient_at(eps, vectors)
-            if base_grad is not None:
-                return [(g1 - g0) / eps for g1, g0 in zip(plus, base_grad, strict=True)]
-            minus = gradient_at(-eps, vectors)
-            return [(g1 - g0) / (2 * eps) for g1, g0 in zip(plus, minus, strict=True)]
-
-        return hvp
+        return _finite_difference_products(evaluate, params, fd_step, fd_scheme)
 
     raise ValueError(f"hvp must be 'exact', 'finite_difference' or 'recompute', got {mode!r}")
+
+
+def _finite_difference_products(
+    evaluate: Callable[[], Tensor],
+    params: list[Tensor],
+    fd_step: float | None,
+    fd_scheme: FDScheme,
+) -> HessianVectorProduct:
+    if fd_scheme not in ("central", "forward"):
+        raise ValueError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
+    # The perturbed forward passes replay the activation pattern of the pass at θ (see
+    # activation_pattern.py): without this, kink crossings dominate the difference.
+    pattern = ActivationPattern()
+    with torch.enable_grad():
+        with pattern.recording():
+            base_loss = evaluate()
+        # the forward scheme differences against ∇L(θ); the central one needs only the pattern
+        base_grad = gradients(base_loss, params) if fd_scheme == "forward" else None
+    del base_loss
+    # θ + εv − εv is not θ in floating point: restore from a copy, bit for bit.
+    saved = [p.detach().clone() for p in params]
+    # Step rule: no tensor moves by more than a fraction c of its own norm,
+    #   ε = c / max_i(||v_i|| / s_i),  s_i = max(||θ_i||, ||θ||·√(n_i / n)),
+    # the floor giving zero-norm tensors (fresh BatchNorm biases) their share of ||θ||. A step
+    # scaled by the global ||θ|| is far too large when v is concentrated: the upper gradient of a
+    # ResNet-18 put 66% of ||v||² on conv1, moved 6x its norm per unit step. c balances truncation
+    # against cancellation: √(machine ε) for the forward scheme (error O(ε)); for the central one
+    # (O(ε²)) theory says ∛ up to constants, measured best at c ≈ 1e-3 in float32 (machine
+    # ε^0.42). Measured on ResNet-18 with a SimCLR loss, float32, along the upper gradient and a
+    # random direction: relative product errors 5e-3 (forward) and 5e-4 (central).
+    norms = torch.stack([p.detach().norm() for p in params])
+    total = torch.linalg.vector_norm(norms)
+    n_total = sum(p.numel() for p in params)
+    floors = torch.stack([total * (p.numel() / n_total) ** 0.5 for p in params])
+    scales = torch.maximum(norms, floors).clamp_min(torch.finfo(norms.dtype).tiny)
+    info = torch.finfo(norms.dtype)
+    relative_step = info.eps ** (0.5 if fd_scheme == "forward" else 0.42)
+
+    def gradient_at(shift: Tensor, vectors: Sequence[Tensor]) -> list[Tensor]:
+        with torch.no_grad():
+            for p, v in zip(params, vectors, strict=True):
+                p.add_(v * shift)
+        try:
+            with torch.enable_grad(), pattern.replaying():
+                shifted_loss = evaluate()
+            return gradients(shifted_loss, params)
+        finally:
+            with torch.no_grad():
+                for p, original in zip(params, saved, strict=True):
+                    p.copy_(original)
+
+    def finite_difference(vectors: Sequence[Tensor]) -> list[Tensor]:
+        if fd_step is not None:
+            eps = torch.as_tensor(fd_step, dtype=norms.dtype, device=norms.device)
+        else:
+            v_norms = torch.stack([v.norm() for v in vectors])
+            eps = relative_step / (v_norms / scales).max().clamp_min(info.tiny)
+        plus = gradient_at(eps, vectors)
+        if base_grad is not None:
+            return [(g1 - g0) / eps for g1, g0 in zip(plus, base_grad, strict=True)]
+        minus = gradient_at(-eps, vectors)
+        return [(g1 - g0) / (2 * eps) for g1, g0 in zip(plus, minus, strict=True)]
+
+    return finite_difference
+
+
+def make_hvp(
+    loss_fn: Callable[[], Tensor],
+    params: Sequence[Tensor],
+    mode: HVPMode = "exact",
+    fd_step: float | None = None,
+    fd_scheme: FDScheme = "forward",
+) -> HessianVectorProduct:
+    """A function v ↦ H v, H the Hessian of ``loss_fn()`` w.r.t. ``params`` (module docstring).
+
+    The random number generators are captured now and replayed around every evaluation of
+    ``loss_fn`` (dropout sees the same masks in every pass); autocast is disabled inside.
+    """
+    params = list(params)
+    randomness = _StageRandomness(params)
+
+    def evaluate() -> Tensor:
+        with randomness.replay():
+            return loss_fn()
+
+    return _make_products(evaluate, params, mode, fd_step, fd_scheme)
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-stage solver
+
+
+class ImplicitSolver:
+    """(I + H/(λ+δ))⁻¹ v for the N_U right-hand sides of one upper stage, amortised over it.
+
+    Usage (one per ``BilevelStep``)::
+
+        solver.begin_stage(lambda: lower_loss(hessian_batch), theta_l, lower_model.buffers())
+        x = solver.solve(v)                # every upper step of the stage
+        solver.end_stage()                 # after the last (frees the graph / cached gradient)
+
+    A run resumed in the middle of a stage calls ``begin_stage`` again (with ``warm_start`` or
+    ``"recycled"`` its first solves then start from less information than the interrupted run's;
+    the results differ at the solver's tolerance, not in kind).
+
+    Args:
+        lam: the proximal weight λ of the lower level (SPEC §4: 0.001).
+        damping: δ, added to λ for numerical stability (SPEC §4: 10).
+        iters: K, the number of Hessian-vector products per solve (for ``"recycled"``: of the
+            stage's first solve).
+        cg: ``"global"`` or ``"layerwise"`` CG scalars (only ``solver="cg"`` has the latter).
+        hvp: ``"exact"``, ``"finite_difference"`` or ``"recompute"`` (module docstring).
+        solver: ``"cg"``, ``"minres"`` or ``"recycled"`` (module docstring).
+        fd_scheme: ``"forward"`` (one gradient per product after one per stage) or ``"central"``
+            (two per product).
+        fd_step: fixed finite-difference step; by default scaled to the norms of θ and v.
+        warm_start: combine each CG/MINRES solution with the stage's previous one (module
+            docstring; no product, no host sync, never a larger residual than without).
+        recycle_iters: products per solve after the stage's first, for ``"recycled"``.
+        recycle_max: most pairs (u, Au) the ``"recycled"`` subspace keeps (2 vectors each).
+    """
+
+    def __init__(
+        self,
+        *,
+        lam: float,
+        damping: float = 10.0,
+        iters: int = 5,
+        cg: CGMode = "global",
+        hvp: HVPMode = "exact",
+        solver: SolverKind = "cg",
+        fd_scheme: FDScheme = "forward",
+        fd_step: float | None = None,
+        warm_start: bool = False,
+        recycle_iters: int = 1,
+        recycle_max: int = 16,
+    ) -> None:
+        if cg not in ("layerwise", "global"):
+            raise ValueError(f"cg must be 'layerwise' or 'global', got {cg!r}")
+        if hvp not in ("exact", "finite_difference", "recompute"):
+            raise ValueError(
+                f"hvp must be 'exact', 'finite_difference' or 'recompute', got {hvp!r}"
+            )
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if solver != "cg" and cg != "global":
+            raise ValueError(
+                f"solver={solver!r} has no layer-wise variant; use cg='global' (the layer-wise "
+                "scalars are the reference's CG heuristic)"
+            )
+        if fd_scheme not in ("central", "forward"):
+            raise ValueError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
+        if iters < 0 or recycle_iters < 0 or recycle_max < 1:
+            raise ValueError(
+                f"iters={iters}, recycle_iters={recycle_iters} must be >= 0 and "
+                f"recycle_max={recycle_max} >= 1"
+            )
+        if lam + damping <= 0:
+            raise ValueError(f"lam + damping must be > 0, got {lam + damping}")
+        self.lam, self.damping, self.iters = lam, damping, iters
+        self.cg, self.hvp, self.solver = cg, hvp, solver
+        self.fd_scheme, self.fd_step = fd_scheme, fd_step
+        self.warm_start = warm_start
+        self.recycle_iters, self.recycle_max = recycle_iters, recycle_max
+        self.products = 0  # Hessian-vector products since begin_stage (for measurements)
+        self.last_unwarmed: Vectors | None = None  # the last solve before the warm combination
+        self._params: list[Tensor] | None = None
+        self._reset_stage_state()
+
+    def _reset_stage_state(self) -> None:
+        self._hvp: HessianVectorProduct | None = None
+        self._buffers: list[Tensor] = []
+        self._saved_buffers: list[Tensor] = []
+        self._previous: tuple[Vectors, Vectors] | None = None  # (x, A x) of the last solve
+        self._space = _RecycledSubspace(self.recycle_max)
+
+    @property
+    def active(self) -> bool:
+        """Whether a stage has begun and not ended."""
+        return self._hvp is not None
+
+    def begin_stage(
+        self,
+        loss_fn: Callable[[], Tensor],
+        params: Sequence[Tensor],
+        buffers: Iterable[Tensor] = (),
+    ) -> None:
+        """Fix θ_L and the Hessian batch (``loss_fn`` evaluates L_P on it) until ``end_stage``.
+
+        Runs the stage's one forward pass (exact, finite differences); ``params`` must not change
+        until ``end_stage``. ``buffers`` are restored after every pass the solver makes.
+        """
+        self.end_stage()
+        params = list(params)
+        for i, p in enumerate(params):
+            if not p.requires_grad:
+                raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) does not require grad")
+        self._params = params
+        self._buffers = list(buffers)
+        self._saved_buffers = [b.detach().clone() for b in self._buffers]
+        self.products = 0
+        randomness = _StageRandomness(params)
+
+        def evaluate() -> Tensor:
+            with randomness.replay():
+                return loss_fn()
+
+        try:
+            self._hvp = _make_products(evaluate, params, self.hvp, self.fd_step, self.fd_scheme)
+        finally:
+            self._restore_buffers()
+
+    def end_stage(self) -> None:
+        """Free what the stage held (graph, base gradient, previous solution, subspace)."""
+        self._reset_stage_state()
+        self._params = None
+
+    def _restore_buffers(self) -> None:
+        # Through ``.data``: the exact mode's graph has saved the BatchNorm running statistics
+        # (train-mode batch_norm takes them as inputs, without using their values for gradients),
+        # and an in-place copy visible to autograd would bump their version and invalidate the
+        # graph for the rest of the stage. The values restored are those the forward pass read.
+        with torch.no_grad():
+            for b, saved in zip(self._buffers, self._saved_buffers, strict=True):
+                b.data.copy_(saved)
+
+    def _checked(self, vectors: Sequence[Tensor]) -> Vectors:
+        if self._hvp is None or self._params is None:
+            raise RuntimeError("ImplicitSolver: call begin_stage(...) before solve(...)")
+        vectors = [v.detach() for v in vectors]
+        if len(vectors) != len(self._params):
+            raise ValueError(f"got {len(self._params)} params but {len(vectors)} vectors")
+        for i, (p, v) in enumerate(zip(self._params, vectors, strict=True)):
+            if p.shape != v.shape:
+                raise ValueError(
+                    f"vectors[{i}] has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}"
+                )
+        return vectors
+
+    def _matvec(self, x: Sequence[Tensor]) -> Vectors:
+        assert self._hvp is not None
+        hx = self._hvp(x)
+        all_reduce_mean_(hx)
+        self.products += 1
+        scale = 1.0 / (self.lam + self.damping)
+        return [xi + scale * h for xi, h in zip(x, hx, strict=True)]
+
+    def _with_previous(self, vectors: Vectors, x: Vectors, ax: Vectors) -> tuple[Vectors, Vectors]:
+        """Warm start: the best combination α x + β x_prev of this solve's solution and the
+        stage's previous one, by least squares on ||v − α A x − β A x_prev|| (A x_prev is kept
+        from the previous solve: no product). (α, β) = (1, 0) is among the candidates, so the
+        residual is never above the cold solve's. Computed on the device (2 × 2 pseudo-inverse),
+        no host synchronisation."""
+        if self._previous is None:
+            return x, ax
+        x_prev, ax_prev = self._previous
+        gram = torch.stack(
+            [
+                torch.stack([_dot(ax, ax), _dot(ax, ax_prev)]),
+                torch.stack([_dot(ax_prev, ax), _dot(ax_prev, ax_prev)]),
+            ]
+        )
+        alpha, beta = torch.linalg.pinv(gram) @ torch.stack(
+            [_dot(ax, vectors), _dot(ax_prev, vectors)]
+        )
+        return (
+            [alpha * a + beta * b for a, b in zip(x, x_prev, strict=True)],
+            [alpha * a + beta * b for a, b in zip(ax, ax_prev, strict=True)],
+        )
+
+    def solve(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+        """Approximate (I + H/(λ+δ))⁻¹ v with this stage's products; detached tensors."""
+        vectors = self._checked(vectors)
+        try:
+            if self.solver == "recycled":
+                k = self.iters if len(self._space) == 0 else self.recycle_iters
+                x, ax = _recycled(self._matvec, vectors, k, self._space)
+            elif self.solver == "minres":
+                x, ax = _minres(self._matvec, vectors, self.iters)
+            else:
+                x, ax = _cg(self._matvec, vectors, self.iters, self.cg)
+        finally:
+            self._restore_buffers()
+        x, ax = [t.detach() for t in x], [t.detach() for t in ax]
+        self.last_unwarmed = x  # this solve's own solution (measurements of the warm start)
+        if self.warm_start and self.solver != "recycled":
+            x, ax = self._with_previous(vectors, x, ax)
+            self._previous = (x, ax)
+        return x
+
+    def relative_residual(self, x: Sequence[Tensor], vectors: Sequence[Tensor]) -> Tensor:
+        """‖(I + H/(λ+δ))x − v‖ / ‖v‖ with this stage's products; costs one product."""
+        vectors = self._checked(vectors)
+        try:
+            ax = self._matvec([t.detach() for t in x])
+        finally:
+            self._restore_buffers()
+        self.products -= 1  # a measurement, not part of the solve
+        residual = _norm([a - v for a, v in zip(ax, vectors, strict=True)])
+        den = _norm(vectors)
+        return (residual / den.clamp_min(torch.finfo(den.dtype).tiny)).detach()
 
 
 def implicit_jacobian_product(
@@ -229,8 +723,12 @@ def implicit_jacobian_product(
     buffers: Iterable[Tensor] = (),
     fd_step: float | None = None,
     fd_scheme: FDScheme = "forward",
+    solver: SolverKind = "cg",
 ) -> list[Tensor]:
-    """Approximate (I + H/(lam + damping))⁻¹ v by ``iters`` steps of conjugate gradient.
+    """Approximate (I + H/(lam + damping))⁻¹ v by ``iters`` Krylov iterations (one-shot form).
+
+    A stage of one solve of :class:`ImplicitSolver`; an upper stage with N_U solves should use the
+    solver itself, which builds the graph / base gradient once.
 
     Args:
         loss_fn: evaluates the lower-level loss L_P at the current values of ``params``.
@@ -240,7 +738,7 @@ def implicit_jacobian_product(
         vectors: one tensor per parameter, the right-hand side v (∇_θ L_D at θ_L for BiSSL).
         lam: the proximal weight λ of the lower level (SPEC §4: 0.001).
         damping: δ, added to λ for numerical stability (SPEC §4: 10).
-        iters: K, the number of CG iterations = the number of Hessian-vector products.
+        iters: K, the number of iterations = the number of Hessian-vector products.
         cg: ``"global"`` (textbook CG over all tensors, the default) or ``"layerwise"``
             (separate CG scalars per tensor, the reference's variant). Both cost the same K
             products; global CG leaves the smaller residual ||(I + H/(λ+δ))x − v|| in every
@@ -250,15 +748,14 @@ def implicit_jacobian_product(
             ``num_batches_tracked``); restored to their values at entry before returning.
         fd_step: fixed finite-difference step; by default scaled to the norms of θ and v.
         fd_scheme: ``"forward"`` (K + 1 gradients, error O(ε), the default) or ``"central"``
-            (2K gradients, error O(ε²)). On ResNet-18 with a SimCLR loss one forward product is
-            within ~1e-2 of the exact one at ~0.4x the recomputing scheme's cost, a central one
-            within ~1e-3 at ~0.65x (``python -m bissl_dense.benchmarks.implicit``).
+            (2K gradients, error O(ε²)).
+        solver: ``"cg"`` (default), ``"minres"`` or ``"recycled"`` (module docstring).
 
     Returns:
         One tensor per parameter (detached), the approximate solution x.
     """
     params = list(params)
-    vectors = [v.detach() for v in vectors]
+    vectors = list(vectors)
     if len(params) != len(vectors):
         raise ValueError(f"got {len(params)} params but {len(vectors)} vectors")
     for i, (p, v) in enumerate(zip(params, vectors, strict=True)):
@@ -266,22 +763,18 @@ def implicit_jacobian_product(
             raise ValueError(
                 f"vectors[{i}] has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}"
             )
-        if not p.requires_grad:
-            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) does not require grad")
-    buffers = list(buffers)
-    saved_buffers = [b.detach().clone() for b in buffers]
-    scale = 1.0 / (lam + damping)
+    implicit_solver = ImplicitSolver(
+        lam=lam,
+        damping=damping,
+        iters=iters,
+        cg=cg,
+        hvp=hvp,
+        solver=solver,
+        fd_scheme=fd_scheme,
+        fd_step=fd_step,
+    )
+    implicit_solver.begin_stage(loss_fn, params, buffers)
     try:
-        hessian_vector_product = make_hvp(loss_fn, params, hvp, fd_step, fd_scheme)
-
-        def matvec(x: Sequence[Tensor]) -> list[Tensor]:
-            hx = hessian_vector_product(x)
-            all_reduce_mean_(hx)
-            return [xi + scale * h for xi, h in zip(x, hx, strict=True)]
-
-        solution = conjugate_gradient(matvec, vectors, iters, cg)
+        return implicit_solver.solve(vectors)
     finally:
-        with torch.no_grad():
-            for b, saved in zip(buffers, saved_buffers, strict=True):
-                b.copy_(saved)
-    return [x.detach() for x in solution]
+        implicit_solver.end_stage()

@@ -6,6 +6,13 @@ in mmengine's root registries (``default_scope = "mmengine"``).
 
 from __future__ import annotations
 
+from bissl_dense.engine.bissl_loop import (
+    BiSSLLoop,
+    BiSSLModel,
+    BiSSLOptimWrapperConstructor,
+    BiSSLReplicas,
+    ExportBiSSLHook,
+)
 from bissl_dense.engine.checkpoint import (
     AtomicCheckpointHook,
     decode_state,
@@ -24,8 +31,16 @@ from bissl_dense.engine.runner import (
     load_config,
     pretrain,
 )
+from bissl_dense.engine.selection import BestCheckpointHook, read_results
 
 __all__ = [
+    "BestCheckpointHook",
+    "read_results",
+    "BiSSLLoop",
+    "BiSSLModel",
+    "BiSSLOptimWrapperConstructor",
+    "BiSSLReplicas",
+    "ExportBiSSLHook",
     "AtomicCheckpointHook",
     "ConfigError",
     "ExportPretextHook",

@@ -10,20 +10,20 @@ then depend only on the step count, not on workers, restarts or how many batches
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.registry import DATA_SAMPLERS, DATASETS
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from bissl_dense.engine.file_index import FileIndex
+from bissl_dense.errors import DataError
 from bissl_dense.pretext.transforms import PretextAugmentation
+from bissl_dense.seeding import draw_seed, seeded_rng
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -41,35 +41,18 @@ SeededIndex = tuple[int, int]
 """``(dataset index, augmentation seed)`` as yielded by :class:`SeededSampler`."""
 
 
-def draw_seed(run_seed: int, epoch: int, position: int) -> int:
-    """A well-mixed 63-bit seed for one draw, independent of workers and restarts."""
-    state = np.random.SeedSequence([run_seed & 0xFFFFFFFF, epoch, position]).generate_state(
-        2, dtype=np.uint32
-    )
-    return (int(state[0]) << 31) ^ int(state[1])
+def find_images(
+    root: Path,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+) -> FileIndex:
+    """All image files under ``root`` (recursive, sorted, case-insensitive extensions).
 
-
-@contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Run a block under ``seed`` for torch, ``random`` and numpy, restoring the outer state."""
-    # The legacy global numpy RNG is seeded on purpose: augmentations may draw from it.
-    py_state = random.getstate()
-    np_state = np.random.get_state()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % (2**32))  # noqa: NPY002
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)  # noqa: NPY002
-
-
-def find_images(root: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All image files under ``root`` (recursive, sorted, case-insensitive extensions)."""
-    allowed = {ext.lower() for ext in extensions}
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in allowed and p.is_file())
+    A compact :class:`FileIndex` (paths in one byte buffer, cached across runs; file_index.py),
+    not a list of ``Path`` objects: ImageNet's 1.28M files would cost ~400 MB per process.
+    """
+    return FileIndex.build(root, extensions, cache_dir=cache_dir, use_cache=use_cache)
 
 
 @DATASETS.register_module()
@@ -89,17 +72,18 @@ class PretextImageFolder(Dataset):
         data_root: str | Path,
         augmentation: dict[str, Any] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        index_cache_dir: str | None = None,
     ) -> None:
         root = Path(data_root).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(
+            raise DataError(
                 f"pretext data root '{root}' does not exist or is not a directory; set it with "
                 "--cfg-options train_dataloader.dataset.data_root=/path/to/images"
             )
         self.data_root = root
-        self.files = find_images(root, extensions)
+        self.files = find_images(root, extensions, cache_dir=index_cache_dir)
         if not self.files:
-            raise FileNotFoundError(
+            raise DataError(
                 f"no images with extensions {', '.join(extensions)} found under '{root}' "
                 "(searched recursively); check train_dataloader.dataset.data_root"
             )
@@ -114,7 +98,7 @@ class PretextImageFolder(Dataset):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except OSError as error:
-            raise OSError(f"cannot read image '{path}': {error}") from error
+            raise DataError(f"cannot read image '{path}': {error}") from error
 
     def __getitem__(self, item: int | SeededIndex) -> dict[str, list[torch.Tensor]]:
         if isinstance(item, tuple):

@@ -31,6 +31,9 @@ class ResumableTrainLoop(BaseLoop):
             exact mid-epoch resume (any sampler works, but then a resumed epoch restarts).
         max_iters: Total optimizer steps. Exactly one of ``max_iters`` / ``max_epochs``.
         max_epochs: Total epochs; ``max_iters = max_epochs * len(dataloader)``.
+        val_interval: run the validation loop (when the config has one) after every
+            ``val_interval`` completed epochs and after the last step; 0 never validates.
+            Fine-tuning validates after every epoch to keep the best one (SPEC §4).
     """
 
     def __init__(
@@ -39,8 +42,12 @@ class ResumableTrainLoop(BaseLoop):
         dataloader: DataLoader | dict,
         max_iters: int | None = None,
         max_epochs: int | None = None,
+        val_interval: int = 0,
     ) -> None:
         super().__init__(runner, dataloader)
+        if int(val_interval) < 0:
+            raise ValueError(f"train_cfg.val_interval must be >= 0, got {val_interval}")
+        self.val_interval = int(val_interval)
         if (max_iters is None) == (max_epochs is None):
             raise ValueError(
                 "train_cfg needs exactly one of max_iters and max_epochs, got "
@@ -107,8 +114,17 @@ class ResumableTrainLoop(BaseLoop):
             self.runner.call_hook("after_train_epoch")
             if self._iter % self.iters_per_epoch == 0:
                 self._epoch = self._iter // self.iters_per_epoch
+            if self._should_validate():
+                self.runner.val_loop.run()
         self.runner.call_hook("after_train")
         return self.runner.model
+
+    def _should_validate(self) -> bool:
+        if not self.val_interval or self.runner.val_loop is None:
+            return False
+        epoch_done = self._iter % self.iters_per_epoch == 0
+        finished = self._iter >= self._max_iters
+        return finished or (epoch_done and (self._iter // self.iters_per_epoch) % self.val_interval == 0)
 
     def run_iter(self, data_batch: Sequence[dict] | dict) -> None:
         self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)

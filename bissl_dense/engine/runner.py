@@ -18,13 +18,11 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from bissl_dense.errors import ConfigError, DataError
+
 # Imported for their registrations (loops, hooks, datasets, LARS; SimCLR, BYOL).
 from bissl_dense.engine import checkpoint, datasets, hooks, loops, optim  # noqa: F401
 from bissl_dense.pretext import methods  # noqa: F401
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says what to change."""
 
 
 # Top-level keys mmengine's Runner.from_cfg (and its config machinery) read besides the ones a
@@ -137,8 +135,9 @@ def prepare_cpu_distributed(cfg: Config) -> None:
         torch_dist.init_process_group(backend="gloo")
     wrapper = dict(cfg.get("model_wrapper_cfg") or {})
     wrapper.setdefault("type", "MMDistributedDataParallel")
-    wrapper.setdefault("broadcast_buffers", False)
-    wrapper.setdefault("device_ids", None)
+    if "DistributedDataParallel" in str(wrapper["type"]):  # DDP-based wrappers only
+        wrapper.setdefault("broadcast_buffers", False)
+        wrapper.setdefault("device_ids", None)
     cfg.model_wrapper_cfg = wrapper
 
 
@@ -187,3 +186,39 @@ def fit_head(
     """Fit the projector (+ predictor) on a frozen off-the-shelf backbone, then export."""
     options = fit_head_options(backbone, cfg_options)
     return pretrain(config, work_dir, options, resume, launcher)
+
+
+def evaluate_checkpoint(
+    config: str | Path,
+    checkpoint: str | Path,
+    work_dir: str | Path | None = None,
+    cfg_options: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    launcher: str = "none",
+) -> dict[str, float]:
+    """Run the config's test loop on ``checkpoint``; write and return the metrics.
+
+    The checkpoint is read by mmengine with ``torch.load``'s weights-only unpickler (the
+    default since torch 2.6): a file that needs arbitrary unpickling is refused.
+    """
+    import json
+
+    from bissl_dense.fileio import atomic_write_text
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise DataError(f"checkpoint file '{path}' does not exist")
+    cfg = load_config(config, cfg_options, work_dir, False, launcher)
+    for key in ("test_dataloader", "test_cfg", "test_evaluator"):
+        if cfg.get(key) is None:
+            raise ConfigError(f"config '{config}' has no {key}; it cannot be tested")
+    cfg.load_from = str(path)
+    prepare_cpu_distributed(cfg)
+    runner = Runner.from_cfg(cfg)
+    metrics = {k: float(v) for k, v in runner.test().items()}
+    target = Path(out) if out is not None else Path(cfg.work_dir) / "test_results.json"
+    if runner.rank == 0:
+        record = {"config": str(config), "checkpoint": str(path), "metrics": metrics}
+        atomic_write_text(target, json.dumps(record, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2))
+    return metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import torch
 from torch import nn
 from torchvision import models
 
@@ -50,6 +51,7 @@ def build_backbone(
     arch: str = "resnet50",
     zero_init_residual: bool = False,
     cifar_stem: bool = False,
+    channels_last: bool = False,
 ) -> tuple[nn.Module, int]:
     """A randomly initialised torchvision ResNet without classifier, and its feature dimension.
 
@@ -59,6 +61,8 @@ def build_backbone(
         zero_init_residual: zero the last BatchNorm of each residual block (torchvision option).
         cifar_stem: for small images (32-64 px): a 3x3 stride-1 ``conv1`` and no max-pool. The
             parameter names are unchanged, only ``conv1.weight``'s shape differs.
+        channels_last: store the convolution weights in NHWC memory format, so convolutions run
+            channels-last (tensor cores' native layout; inputs follow the weights' format).
     """
     name = canonical_arch(arch)
     model = _BUILDERS[name](weights=None, zero_init_residual=zero_init_residual)
@@ -68,4 +72,6 @@ def build_backbone(
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
     model.fc = nn.Identity()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model, feature_dim

@@ -43,6 +43,8 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: ``eta`` in the trust ratio ``eta * ||w|| / ||g + wd * w||``.
         exclude_1d: exclude parameters with ``ndim <= 1`` (biases, BatchNorm/LayerNorm
             weights) from weight decay and adaptation.
+        foreach: update with multi-tensor ``torch._foreach_*`` kernels (default); ``False``
+            runs the per-tensor reference loop (same update to float rounding).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 1e-6,
         trust_coefficient: float = 0.001,
         exclude_1d: bool = True,
+        foreach: bool = True,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"LARS: lr must be >= 0, got {lr}.")
@@ -69,6 +72,7 @@ class LARS(torch.optim.Optimizer):
             trust_coefficient=trust_coefficient,
             exclude_1d=exclude_1d,
             lars_exclude=None,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -88,34 +92,68 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            weight_decay = group["weight_decay"]
-            eta = group["trust_coefficient"]
-            momentum = group["momentum"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            for param in with_grad:
                 if param.grad.is_sparse:
                     raise RuntimeError("LARS does not support sparse gradients.")
-                update = param.grad
-                if not self.is_excluded(param, group):
-                    if weight_decay != 0.0:
-                        update = update.add(param, alpha=weight_decay)
-                    param_norm = torch.linalg.vector_norm(param)
-                    update_norm = torch.linalg.vector_norm(update)
-                    # torch.where keeps the ratio on the device: no host sync per parameter.
-                    ratio = torch.where(
-                        (param_norm > 0) & (update_norm > 0),
-                        eta * param_norm / update_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    update = update.mul(ratio)
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(momentum).add_(update)
-                param.add_(buffer, alpha=-group["lr"])
+                if "momentum_buffer" not in self.state[param]:
+                    self.state[param]["momentum_buffer"] = torch.zeros_like(param)
+            if group.get("foreach", True):
+                self._foreach_update(group, with_grad)
+            else:
+                for param in with_grad:
+                    self._single_update(group, param)
         return loss
+
+    def _single_update(self, group: dict[str, Any], param: Tensor) -> None:
+        """The reference update of one tensor (module docstring); kept as the specification."""
+        update = param.grad
+        if not self.is_excluded(param, group):
+            if group["weight_decay"] != 0.0:
+                update = update.add(param, alpha=group["weight_decay"])
+            param_norm = torch.linalg.vector_norm(param)
+            update_norm = torch.linalg.vector_norm(update)
+            # torch.where keeps the ratio on the device: no host sync per parameter.
+            ratio = torch.where(
+                (param_norm > 0) & (update_norm > 0),
+                group["trust_coefficient"] * param_norm / update_norm,
+                torch.ones_like(param_norm),
+            )
+            update = update.mul(ratio)
+        buffer = self.state[param]["momentum_buffer"]
+        buffer.mul_(group["momentum"]).add_(update)
+        param.add_(buffer, alpha=-group["lr"])
+
+    def _foreach_update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """The same update with multi-tensor (``torch._foreach_*``) kernels: a constant number
+        of kernel launches per (device, dtype) bucket instead of ~10 small ones per tensor; the
+        trust ratios of all tensors are computed as one vector, on the device."""
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for param in params:
+            buckets.setdefault((param.device, param.dtype), []).append(param)
+        for bucket in buckets.values():
+            adapted = [p for p in bucket if not self.is_excluded(p, group)]
+            excluded = [p for p in bucket if self.is_excluded(p, group)]
+            updates: list[Tensor] = [p.grad for p in excluded]  # type: ignore[misc]
+            if adapted:
+                grads = [p.grad for p in adapted]
+                if group["weight_decay"] != 0.0:
+                    decayed = torch._foreach_add(grads, adapted, alpha=group["weight_decay"])
+                else:
+                    decayed = list(grads)
+                param_norms = torch.stack(torch._foreach_norm(adapted))
+                update_norms = torch.stack(torch._foreach_norm(decayed))
+                ratios = torch.where(
+                    (param_norms > 0) & (update_norms > 0),
+                    group["trust_coefficient"] * param_norms / update_norms,
+                    torch.ones_like(param_norms),
+                )
+                updates += torch._foreach_mul(decayed, list(ratios.unbind()))
+            ordered = excluded + adapted
+            buffers = [self.state[p]["momentum_buffer"] for p in ordered]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(ordered, buffers, alpha=-group["lr"])
 
 
 def lars_param_groups(

@@ -26,11 +26,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from bissl_dense.errors import WeightsError
 from bissl_dense.fileio import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "IncompatibleBackboneKeys",
     "bissl_file_names",
+    "export_bissl",
     "export_pretext",
     "load_backbone_into",
     "load_backbone_state",
@@ -48,6 +50,10 @@ _WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module", "backbone", "
 _PREFERRED_PREFIXES: tuple[str, ...] = ("", "module.", "backbone.", "module.backbone.", "model.")
 _RESNET_MARKERS: tuple[str, ...] = ("conv1.weight", "layer1.0.conv1.weight")
 _MAX_LISTED_KEYS = 12
+
+
+class WeightsFileNotFoundError(WeightsError, FileNotFoundError):
+    """A weight or config file that does not exist (still a ``FileNotFoundError``)."""
 
 
 def _check_name_part(kind: str, value: str) -> None:
@@ -140,6 +146,37 @@ def export_pretext(
     return paths
 
 
+def export_bissl(
+    out_dir: PathLike,
+    lower_backbone: nn.Module | Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    task: str,
+    downstream: str,
+    dataset: str,
+    arch: str,
+    run_id: str,
+) -> dict[str, Path]:
+    """Write BiSSL's output in the published format; returns the paths by kind.
+
+    ``BiSSL_<task>_<downstream>_<dataset>_arch-<arch>_lower_backbone_id-<id>.pth`` holds the lower
+    backbone θ_L with torchvision names (no ``fc.*``), readable by :func:`load_backbone_state`;
+    ``..._config_id-<id>.json`` the run's settings.
+    """
+    names = bissl_file_names(task, downstream, dataset, arch, run_id)
+    state = lower_backbone.state_dict() if isinstance(lower_backbone, nn.Module) else lower_backbone
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    tensors = _tensor_state(state, "lower backbone state")
+    try:
+        config_text = json.dumps(dict(config), sort_keys=True, indent=4)
+    except TypeError as err:
+        raise TypeError(f"export_bissl: config must be JSON-serialisable: {err}") from err
+    out = Path(out_dir)
+    paths = {kind: out / name for kind, name in names.items()}
+    atomic_torch_save(tensors, paths["lower_backbone"])
+    atomic_write_text(paths["config"], config_text + "\n")
+    return paths
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
@@ -147,7 +184,7 @@ def export_pretext(
 
 def _load_file(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"Weight file {str(path)!r} does not exist.")
+        raise WeightsFileNotFoundError(f"Weight file {str(path)!r} does not exist.")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -157,7 +194,7 @@ def _load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise WeightsError(
             f"Refused to load {str(path)!r}: it contains Python objects other than tensors and "
             "plain containers, and loading it would execute arbitrary code (torch.load with "
             "weights_only=True rejected it). Re-save only the weights, e.g. "
@@ -165,7 +202,7 @@ def _load_file(path: Path) -> Any:
             f"Details: {err}"
         ) from err
     except (RuntimeError, EOFError) as err:
-        raise ValueError(
+        raise WeightsError(
             f"Could not read {str(path)!r} as a PyTorch weight file ({err}); check that it is a "
             "complete .pth/.pt file or a .safetensors file."
         ) from err
@@ -190,7 +227,7 @@ def _unwrap_state(obj: Any, source: str) -> dict[str, Tensor]:
         obj = inner
     if not _has_tensors(obj):
         keys = list(obj)[:_MAX_LISTED_KEYS] if isinstance(obj, Mapping) else []
-        raise ValueError(
+        raise WeightsError(
             f"{source}: no state dict found (top-level type {type(obj).__name__}, keys {keys}). "
             f"Expected a mapping of parameter names to tensors, possibly nested under one of "
             f"{list(_WRAPPER_KEYS)}."
@@ -217,7 +254,7 @@ def _resnet_prefix(state: Mapping[str, Tensor], source: str) -> str | None:
             return prefix
     if len(candidates) == 1:
         return candidates[0]
-    raise ValueError(
+    raise WeightsError(
         f"{source}: several ResNets found under the prefixes {candidates}; pass prefix=... to "
         "choose which one is the backbone."
     )
@@ -247,7 +284,7 @@ def load_backbone_state(
             prefix = "module." if state and all(k.startswith("module.") for k in state) else ""
     selected = _strip_prefix(state, prefix)
     if not selected:
-        raise ValueError(f"{source}: no key starts with the prefix {prefix!r}.")
+        raise WeightsError(f"{source}: no key starts with the prefix {prefix!r}.")
     return {k: v for k, v in selected.items() if not k.startswith("fc.")}
 
 
@@ -313,7 +350,7 @@ def load_backbone_into(
             "holds torchvision/timm ResNet names; pass load_backbone_state(path, prefix=...) if "
             "the backbone sits under another prefix, or strict=False to load the matching keys."
         )
-        raise ValueError("\n".join(lines))
+        raise WeightsError("\n".join(lines))
     to_load = {k: v for k, v in state.items() if k in target}
     backbone.load_state_dict(to_load, strict=False)
     return IncompatibleBackboneKeys(missing_keys=missing, unexpected_keys=unexpected)
@@ -334,7 +371,7 @@ def split_head_state(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]
     for key, value in state.items():
         part, sep, rest = key.partition(".")
         if not sep:
-            raise ValueError(
+            raise WeightsError(
                 f"Head state key {key!r} has no module prefix; expected e.g. 'projector.0.weight'."
             )
         groups.setdefault(part, {})[rest] = value
@@ -345,17 +382,17 @@ def read_pretext_config(path: PathLike) -> dict[str, Any]:
     """Read a published pretext (or BiSSL) JSON config; a clear error if it is invalid."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Config file {str(file)!r} does not exist.")
+        raise WeightsFileNotFoundError(f"Config file {str(file)!r} does not exist.")
     text = file.read_text(encoding="utf-8")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise WeightsError(
             f"Config file {str(file)!r} is not valid JSON: {err.msg} at line {err.lineno}, "
             f"column {err.colno}. Fix the file or re-export it with export_pretext."
         ) from err
     if not isinstance(config, dict):
-        raise ValueError(
+        raise WeightsError(
             f"Config file {str(file)!r} must hold a JSON object, got {type(config).__name__}."
         )
     return config

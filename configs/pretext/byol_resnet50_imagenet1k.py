@@ -6,3 +6,8 @@ _base_ = [
     "./_base_/schedules/lars_500e.py",
     "./_base_/default_runtime.py",
 ]
+
+# Multi-GPU runs convert every BatchNorm to SyncBatchNorm, as the reference does: batch
+# statistics over the whole 1024 images, not 128 per GPU (mmengine's Runner does the conversion
+# when launched distributed; single-process runs keep plain BatchNorm).
+sync_bn = "torch"

@@ -143,8 +143,9 @@ def test_gradients_are_clipped_per_level() -> None:
     torch.testing.assert_close(moved, torch.tensor(0.01))
 
 
-def test_phases_and_hessian_batch_held_for_an_upper_stage() -> None:
-    cfg = BiSSLConfig(alternations=3, lower_steps=2, upper_steps=3, cg_iters=2)
+@pytest.mark.parametrize("hvp", ["exact", "recompute"])
+def test_phases_and_hessian_batch_held_for_an_upper_stage(hvp: str) -> None:
+    cfg = BiSSLConfig(alternations=3, lower_steps=2, upper_steps=3, cg_iters=2, hvp=hvp)
     assert [phase_of_step(s, cfg)[0] for s in range(5)] == ["lower"] * 2 + ["upper"] * 3
     lower, upper = make_models()
     step = make_step(lower, upper, cfg, lr=(0.01, 0.01))
@@ -161,11 +162,16 @@ def test_phases_and_hessian_batch_held_for_an_upper_stage() -> None:
     trainer.run(callback=lambda s, phase, m: phases.append(phase))
     assert phases == (["lower"] * 2 + ["upper"] * 3) * 3
     assert trainer.consumed == {"lower": 3 * 3, "upper": 3 * 3}
-    # per alternation: 2 lower-step batches, then one Hessian batch reused by all 3 upper steps
+    # per alternation: 2 lower-step batches, then one Hessian batch reused by all 3 upper steps:
+    # evaluated once per stage (exact: one graph for the stage's solves), or K = 2 times per
+    # upper step (recompute)
     ids = seen
+    per_stage = 1 if hvp == "exact" else 3 * 2
+    size = 2 + per_stage
+    assert len(ids) == 3 * size
     for a in range(3):
-        chunk = ids[a * 5 : (a + 1) * 5]
-        assert len(set(chunk[:2])) == 2 and chunk[2] == chunk[3] == chunk[4]
+        chunk = ids[a * size : (a + 1) * size]
+        assert len(set(chunk[:2])) == 2 and len(set(chunk[2:])) == 1
         assert chunk[2] not in chunk[:2]
     with pytest.raises(RuntimeError, match="already ran all 15 steps"):
         trainer.train_step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -105,3 +106,75 @@ def test_sampler_epochs_differ_and_start_skips_exactly(monkeypatch) -> None:
         sampler.set_start(13)
     unshuffled = _sampler(monkeypatch, 4, 0, 1, shuffle=False)
     assert [i for i, _ in unshuffled] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# the compact, cached file index
+
+
+def _tree(root) -> None:
+    for rel in (
+        "b/x.JPEG",
+        "a/z.png",
+        "a/y.jpg",
+        "a-c/w.jpg",
+        "a/sub/v.webp",
+        "top.jpg",
+        "ü/ñ.jpg",
+    ):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not decoded by the index")
+    (root / "a" / "notes.txt").write_text("x")
+    (root / "empty").mkdir()
+    (root / "dir.jpg").mkdir()  # a directory with an image suffix is not a file
+
+
+def _walked(root) -> list:
+    """The reference: every file under root with an image suffix, sorted like Path objects."""
+    allowed = {e.lower() for e in datasets_module.IMAGE_EXTENSIONS}
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in allowed and p.is_file())
+
+
+def test_file_index_lists_the_same_files_as_a_directory_walk(tmp_path) -> None:
+    root = tmp_path / "data"
+    _tree(root)
+    index = datasets_module.find_images(root, cache_dir=tmp_path / "cache")
+    assert list(index) == _walked(root)  # same files, same order
+    assert [index[i] for i in range(len(index))] == _walked(root)
+    assert index[-1] == _walked(root)[-1]
+    with pytest.raises(IndexError):
+        index[len(index)]
+    # compact: one byte buffer and one offset array, no Python object per file
+    assert index.nbytes == sum(len(index.relative(i).encode()) for i in range(len(index))) + 8 * (
+        len(index) + 1
+    )
+
+
+def test_file_index_is_cached_and_invalidated_when_a_directory_changes(
+    tmp_path, monkeypatch
+) -> None:
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _tree(root)
+    first = datasets_module.find_images(root, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    from bissl_dense.engine import file_index
+
+    real_walk = file_index._walk
+    walks = []
+
+    def counting_walk(*args, **kwargs):
+        walks.append(args[0])
+        return real_walk(*args, **kwargs)
+
+    monkeypatch.setattr(file_index, "_walk", counting_walk)
+    again = datasets_module.find_images(root, cache_dir=cache)
+    assert walks == [] and list(again) == list(first)  # from the cache, no walk
+    (root / "a" / "sub" / "new.jpg").write_bytes(b"x")  # changes a directory's mtime
+    os.utime(root / "a" / "sub", ns=(1, 1))  # (and makes sure of it on coarse-mtime filesystems)
+    updated = datasets_module.find_images(root, cache_dir=cache)
+    assert len(walks) == 1 and list(updated) == _walked(root)
+    assert len(updated) == len(first) + 1
+    # a dataset built on a cached index reads the same files
+    dataset = PretextImageFolder(root, index_cache_dir=str(cache))
+    assert list(dataset.files) == _walked(root)

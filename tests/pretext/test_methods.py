@@ -188,3 +188,30 @@ def test_head_state_dict_round_trip() -> None:
     assert {k.split(".")[0] for k in simclr.head_state_dict()} == {"projector"}
     with pytest.raises(KeyError, match="predictor"):
         fresh.load_head_state_dict(simclr.head_state_dict())
+
+
+def test_byol_target_is_reset_to_loaded_online_weights(tmp_path) -> None:
+    """Loading a pretext head (or a backbone) into BYOL must carry over to its target network:
+    a target left at random initialisation makes BiSSL's first lower steps regress onto noise."""
+    from bissl_dense.pretext.methods import BYOL
+    from bissl_dense.pretext.weights import export_pretext
+
+    torch.manual_seed(0)
+    source = BYOL(backbone=dict(arch="resnet18"))
+    for p in source.parameters():  # move the online weights away from the initialisation
+        p.data.add_(torch.randn_like(p))
+    files = export_pretext(
+        tmp_path, source.backbone, source.head_state_dict(), {}, "byol", "resnet18", "x"
+    )
+    torch.manual_seed(1)
+    loaded = BYOL(
+        backbone=dict(arch="resnet18"),
+        backbone_checkpoint=str(files["backbone"]),
+        head_checkpoint=str(files["head"]),
+    )
+    for online, target in loaded.online_target_pairs():
+        for (name, a), b in zip(online.state_dict().items(), target.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    torch.testing.assert_close(
+        loaded.projector.state_dict()["0.weight"], source.projector.state_dict()["0.weight"]
+    )

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 from torchvision.transforms import v2
 
+from bissl_dense.benchmarks.pretext import previous_augmentation
 from bissl_dense.pretext.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    PILGaussianBlur,
     PretextAugmentation,
     eval_transform,
     pretext_view_transform,
@@ -139,3 +142,76 @@ def test_bad_arguments_are_refused() -> None:
         PretextAugmentation(min_scale=0.0)
     with pytest.raises(TypeError, match="PIL"):
         PretextAugmentation()(torch.zeros(3, 8, 8))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast blur: same sigma draws, same blur probabilities, same distribution of outputs
+
+
+def test_blur_sigma_and_probability_per_view(monkeypatch: Any) -> None:
+    aug = PretextAugmentation(image_size=24)
+    sigmas: list[float] = []
+    original = PILGaussianBlur.transform
+
+    def recording(self, inpt, params):  # noqa: ANN001
+        sigmas.append(params["sigma"][0])
+        return original(self, inpt, params)
+
+    monkeypatch.setattr(PILGaussianBlur, "transform", recording)
+    img = _image(16, 16)
+    n = 600
+    blurs = [  # the RandomApply(blur) step of each view's pipeline, applied alone (fast)
+        next(t for t in view.transforms if isinstance(t, v2.RandomApply) and t.p in (1.0, 0.1))
+        for view in aug.view_transforms
+    ]
+    assert [b.p for b in blurs] == [1.0, 0.1]
+    torch.manual_seed(0)
+    for _ in range(n):
+        blurs[0](img)
+    first = list(sigmas)
+    sigmas.clear()
+    for _ in range(n):
+        blurs[1](img)
+    assert len(first) == n  # view 1 always blurs
+    assert min(first) >= 0.1 and max(first) <= 2.0
+    assert stats.kstest(first, stats.uniform(loc=0.1, scale=1.9).cdf).pvalue > 0.01
+    # view 2 blurs with probability 0.1
+    assert stats.binomtest(len(sigmas), n, 0.1).pvalue > 0.01
+
+
+def test_pil_blur_matches_torchvision_blur_at_equal_sigma() -> None:
+    img = _image(96, 96, seed=3)
+    for sigma in (0.1, 0.5, 1.0, 2.0):
+        new = v2.functional.pil_to_tensor(PILGaussianBlur(13, sigma=sigma)(img)).float()
+        old = v2.functional.pil_to_tensor(v2.GaussianBlur(13, sigma=sigma)(img)).float()
+        inner = (slice(None), slice(8, -8), slice(8, -8))  # borders: padding modes differ
+        difference = (new - old)[inner].abs().mean().item()
+        print(f"sigma {sigma}: mean |PIL - torchvision| = {difference:.2f} / 255")
+        assert difference < 2.0, sigma  # in 8-bit levels, on white noise (the hardest input)
+
+
+def test_views_match_the_old_pipeline_in_distribution() -> None:
+    """Same seeds: the new and old pipelines draw the same crops, jitter, sigma (the blur keeps
+    torchvision's random stream); outputs differ only by the blur's implementation. Across
+    seeds, a sharpness statistic of the outputs has the same distribution (two-sample KS)."""
+    aug = PretextAugmentation(image_size=32)
+    old_views = previous_augmentation(32).view_transforms
+    img = _image(80, 64, seed=4)
+
+    def sharpness(x: torch.Tensor) -> float:
+        return (x[:, 1:, :] - x[:, :-1, :]).abs().mean().item()
+
+    paired, stats_new, stats_old = [], [], []
+    for seed in range(100):
+        for view, (new_t, old_t) in enumerate(zip(aug.view_transforms, old_views)):
+            torch.manual_seed(seed)
+            new = new_t(img)
+            torch.manual_seed(seed)
+            old = old_t(img)
+            paired.append((new - old).abs().mean().item())
+            if view == 0:
+                stats_new.append(sharpness(new))
+                torch.manual_seed(10_000 + seed)  # an independent draw of the old pipeline
+                stats_old.append(sharpness(old_t(img)))
+    assert np.median(paired) < 0.05  # normalised units (~1/80 of the value range)
+    assert stats.ks_2samp(stats_new, stats_old).pvalue > 0.01

@@ -48,6 +48,9 @@ class PretextMethod(BaseModel):
             (paper App. C.6, ``bissl fit-head``).
         backbone_checkpoint: backbone weights to start from (published file, torchvision/timm
             state dict, ``.safetensors``); read with ``weights_only=True``.
+        head_checkpoint: pretext head weights to start from (a published ``..._head_...`` file
+            or our export: ``projector.*``, and ``predictor.*`` for BYOL); read with
+            ``weights_only=True`` once the method has built all its heads.
         data_preprocessor: mmengine data preprocessor config (default: move to device only).
         init_cfg: mmengine initialisation config.
     """
@@ -63,10 +66,12 @@ class PretextMethod(BaseModel):
         projector: dict[str, Any] | None = None,
         freeze_backbone: bool = False,
         backbone_checkpoint: str | None = None,
+        head_checkpoint: str | None = None,
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.head_checkpoint = head_checkpoint
         backbone = dict(backbone or {})
         self.arch = canonical_arch(backbone.get("arch", "resnet50"))
         self.backbone, self.feature_dim = build_backbone(**backbone)
@@ -126,6 +131,16 @@ class PretextMethod(BaseModel):
             for key, value in getattr(self, name).state_dict().items()
         }
 
+    def load_head_checkpoint(self) -> None:
+        """Load ``head_checkpoint`` if one was given; subclasses call this once all heads exist."""
+        if self.head_checkpoint:
+            from bissl_dense.pretext.weights import load_pretext_head
+
+            self.load_head_state_dict(load_pretext_head(self.head_checkpoint))
+
+    def reset_target(self) -> None:
+        """Make any target network equal to the online one (no-op for methods without one)."""
+
     def load_head_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load a head saved by :meth:`head_state_dict` (or a published ``..._head_...`` file)."""
         groups = split_head_state(state)
@@ -136,6 +151,7 @@ class PretextMethod(BaseModel):
                     f"a {type(self).__name__} head needs {list(self.head_module_names)}"
                 )
             getattr(self, name).load_state_dict(groups[name])
+        self.reset_target()
 
     def after_optimizer_step(self, step: int, max_steps: int) -> None:
         """Per-step update after optimizer step ``step`` (0-based) of ``max_steps``."""

@@ -77,7 +77,20 @@ class BYOL(PretextMethod):
         self.target_projector = copy.deepcopy(self.projector)
         for module in self.target_modules():
             module.requires_grad_(False)
+        self.load_head_checkpoint()
 
+    @torch.no_grad()
+    def reset_target(self) -> None:
+        """target ← online (parameters and buffers).
+
+        Called whenever online weights are loaded (a pretext head, a backbone for BiSSL's lower
+        level): a target left at its random initialisation would make the first BYOL steps
+        regress onto noise.
+        """
+        if not hasattr(self, "target_projector"):  # heads loaded before the target exists
+            return
+        for online, target in self.online_target_pairs():
+            target.load_state_dict(online.state_dict())
     def target_modules(self) -> list[nn.Module]:
         return [m for m in (self.target_backbone, self.target_projector) if m is not None]
 

@@ -37,6 +37,7 @@ class SimCLR(PretextMethod):
             raise ValueError(f"SimCLR: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.gather_distributed = bool(gather_distributed)
+        self.load_head_checkpoint()
 
     def project(self, images: Tensor) -> Tensor:
         return self.projector(self.embed(images))

@@ -10,3 +10,6 @@ param_scheduler = [
          end=max_epochs, convert_to_iter_based=True),
 ]  # fmt: skip
 train_cfg = dict(max_epochs=max_epochs)
+# Small CPU runs on generated data (not a published setting) scale the lr linearly per 256
+# images, as these configs always did: 4.8 * 64 / 256 = 1.2 at their batch of 64.
+auto_scale_lr = dict(enable=True, base_batch_size=256)

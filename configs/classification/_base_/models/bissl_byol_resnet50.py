@@ -1,0 +1,16 @@
+# BiSSL with BYOL at the lower level: projector + predictor 256-256-256, constant target EMA
+# 0.9995 applied after every lower step (SPEC §4).
+_base_ = ["./bissl_simclr_resnet50.py"]
+model = dict(
+    pretext=dict(
+        _delete_=True,
+        type="BYOL",
+        backbone=dict(arch="resnet50"),
+        projector=dict(hidden_dim=256, out_dim=256, num_layers=3),
+        predictor=dict(hidden_dim=256, out_dim=256, num_layers=3),
+        base_momentum=0.9995,
+        momentum_schedule="constant",
+        backbone_checkpoint=None,
+        head_checkpoint=None,  # holds projector.* and predictor.*
+    )
+)
