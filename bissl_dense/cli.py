@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(test)
     test.set_defaults(func=_test)
 
+    # `bissl compare` / `bissl analyze` (issue 9: bissl_dense/experiments, bissl_dense/analysis)
+    from bissl_dense.analysis.cli import add_analyze_parser
+    from bissl_dense.experiments.compare import add_compare_parser
+
+    add_compare_parser(commands)
+    add_analyze_parser(commands)
+
     # `bissl export BACKBONE --to detectron2|torchvision --out FILE` (bissl_dense/export.py)
     from bissl_dense.export import add_export_parser
 

@@ -95,17 +95,10 @@ def to_torchvision(source: Path, out: Path, arch: str = "resnet50") -> Path:
     import torch
 
     from bissl_dense.detection.correspondence import convert_state
-    from bissl_dense.detection.weights import load_detectron2_pkl
+    from bissl_dense.detection.weights import read_detectron2_state
     from bissl_dense.fileio import atomic_torch_save
-    from bissl_dense.pretext.weights import load_backbone_state
 
-    if source.suffix == ".pkl":
-        raw: Mapping[str, Any] = load_detectron2_pkl(source)
-    else:
-        try:
-            raw = load_backbone_state(source, prefix="")
-        except ValueError as err:
-            raise WeightsError(str(err)) from err
+    raw = read_detectron2_state(source)
     converted = convert_state(raw, "torchvision", source=repr(str(source)))
     check_keys(converted, _torchvision_keys(arch), repr(str(source)), f"torchvision {arch}")
     tensors = {

@@ -12,7 +12,7 @@ step's start to the next's, so hook and logging costs are included), the stage's
 classifier on the same batch.
 
     python -m bissl_dense.benchmarks.bissl_stage [--device cuda] [--arch resnet18]
-        [--image-size 32] [--batch 16] [--alternations 3] [--repeats 2] [--json PATH]
+        [--image-size 32] [--batch 16] [--alternations 2] [--repeats 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def _options(args: argparse.Namespace, data: Path, work_dir: Path) -> dict[str, 
         "train_cfg.bissl.upper_steps": args.upper_steps,
         "train_cfg.bissl.cg_iters": args.cg_iters,
         "train_cfg.bissl.residual_every": 0,
+        "train_cfg.val_interval": 0,
+        "val_cfg": None,
+        "val_dataloader": None,
+        "val_evaluator": None,
         "default_hooks.checkpoint.interval": 10**9,
         "default_hooks.checkpoint.save_last": False,
         "default_hooks.logger.interval": 10,
@@ -178,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--alternations", type=int, default=3)
-    parser.add_argument("--lower-steps", type=int, default=4)
+    parser.add_argument("--alternations", type=int, default=2)
+    parser.add_argument("--lower-steps", type=int, default=3)
     parser.add_argument("--upper-steps", type=int, default=2)
     parser.add_argument("--cg-iters", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)

@@ -382,7 +382,7 @@ def run(
             for k in ks
         ]
         result["upper_gradient_relative_error"][name] = statistics.mean(upper_errors)
-    result["relative_residual"][f"minres K={reference_iters} (converged reference)"] = max(
+    result["relative_residual"][f"minres K={reference_iters} (the reference)"] = max(
         exact_solver.relative_residual(c, rhs[k]).item() for k, c in converged.items()
     )
     result["relative_residual"]["x = 0"] = 1.0
@@ -458,7 +458,7 @@ def _print_table(result: dict[str, Any]) -> None:
     for name, r in result["bissl_upper_step_over_finetune_step"].items():
         print(f"  {name:44s} {r:8.2f}")
     print(
-        f"{'solutions (K equal)':40s} {'residual mean':>14s} {'max':>10s} {'err vs conv.':>13s} "
+        f"{'solutions (K equal)':40s} {'residual mean':>14s} {'max':>10s} {'err vs ref.':>13s} "
         f"{'upper grad err':>15s}"
     )
     for name, res in result["relative_residual"].items():

@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     else:
         trainer = FinetuneTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        raw = trainer.train() or {}
+        trainer.train()
+        # DefaultTrainer returns its results only with TEST.EXPECTED_RESULTS; its EvalHook keeps
+        # the last ones here
+        raw = getattr(trainer, "_last_eval_results", None) or {}
         if "bbox" in raw:  # DefaultTrainer.test unwraps the results of a single test set
             raw = {cfg.DATASETS.TEST[0]: raw}
         results = {name: dict(r["bbox"]) for name, r in raw.items() if "bbox" in r}

@@ -34,6 +34,7 @@ __all__ = [
     "SAFE_PICKLE_GLOBALS",
     "load_c4_weights",
     "load_detectron2_pkl",
+    "read_detectron2_state",
     "save_detectron2_pkl",
 ]
 
@@ -111,6 +112,20 @@ def load_detectron2_pkl(path: PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
+def read_detectron2_state(path: PathLike) -> Mapping[str, Any]:
+    """Weights with detectron2 names: a ``.pkl`` (restricted unpickler, numpy arrays) or a
+    ``.pth`` detector checkpoint / state dict (``torch.load(weights_only=True)``, tensors)."""
+    file = Path(path)
+    if file.suffix == ".pkl":
+        return load_detectron2_pkl(file)
+    from bissl_dense.pretext.weights import load_backbone_state
+
+    try:
+        return load_backbone_state(file, prefix="")
+    except ValueError as err:
+        raise WeightsError(str(err)) from err
+
+
 def load_c4_weights(model: nn.Module, path: PathLike) -> dict[str, list[str]]:
     """Load backbone + res5 weights from our ``.pkl`` (or a ``.pth`` state dict) into a C4 model.
 
@@ -122,15 +137,7 @@ def load_c4_weights(model: nn.Module, path: PathLike) -> dict[str, list[str]]:
         WeightsError: naming the missing, unexpected and mis-shaped keys.
     """
     file = Path(path)
-    if file.suffix == ".pkl":
-        raw: Mapping[str, Any] = load_detectron2_pkl(file)
-    else:
-        from bissl_dense.pretext.weights import load_backbone_state
-
-        try:
-            raw = load_backbone_state(file, prefix="")
-        except ValueError as err:
-            raise WeightsError(str(err)) from err
+    raw = read_detectron2_state(file)
     target = model.state_dict()
     shared = [
         k

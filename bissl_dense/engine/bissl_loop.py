@@ -125,6 +125,15 @@ class BiSSLReplicas(nn.Module):
                 for tensor in list(module.parameters()) + list(module.buffers()):
                     torch.distributed.broadcast(tensor.data, src=0)
 
+    def val_step(self, data: Any) -> Any:
+        return self.module.val_step(data)
+
+    def test_step(self, data: Any) -> Any:
+        return self.module.test_step(data)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class BiSSLOptimWrapperConstructor:

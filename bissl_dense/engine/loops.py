@@ -124,7 +124,8 @@ class ResumableTrainLoop(BaseLoop):
             return False
         epoch_done = self._iter % self.iters_per_epoch == 0
         finished = self._iter >= self._max_iters
-        return finished or (epoch_done and (self._iter // self.iters_per_epoch) % self.val_interval == 0)
+        epoch = self._iter // self.iters_per_epoch
+        return finished or (epoch_done and epoch % self.val_interval == 0)
 
     def run_iter(self, data_batch: Sequence[dict] | dict) -> None:
         self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)

@@ -18,12 +18,10 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from bissl_dense.errors import ConfigError, DataError
-
 # Imported for their registrations (loops, hooks, datasets, LARS; SimCLR, BYOL).
 from bissl_dense.engine import checkpoint, datasets, hooks, loops, optim  # noqa: F401
+from bissl_dense.errors import ConfigError, DataError
 from bissl_dense.pretext import methods  # noqa: F401
-
 
 # Top-level keys mmengine's Runner.from_cfg (and its config machinery) read besides the ones a
 # config file defines; overriding them is legitimate even when the file does not set them.
@@ -133,6 +131,10 @@ def prepare_cpu_distributed(cfg: Config) -> None:
         return
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="gloo")
+    if cfg.get("sync_bn"):
+        # SyncBatchNorm has no CPU implementation: CPU processes normalise per process.
+        print("[bissl] no GPU: sync_bn is ignored on CPU processes (gloo)")
+        cfg.sync_bn = None
     wrapper = dict(cfg.get("model_wrapper_cfg") or {})
     wrapper.setdefault("type", "MMDistributedDataParallel")
     if "DistributedDataParallel" in str(wrapper["type"]):  # DDP-based wrappers only
@@ -190,7 +192,7 @@ def fit_head(
 
 def evaluate_checkpoint(
     config: str | Path,
-    checkpoint: str | Path,
+    checkpoint_file: str | Path,
     work_dir: str | Path | None = None,
     cfg_options: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
@@ -205,7 +207,7 @@ def evaluate_checkpoint(
 
     from bissl_dense.fileio import atomic_write_text
 
-    path = Path(checkpoint)
+    path = Path(checkpoint_file)
     if not path.is_file():
         raise DataError(f"checkpoint file '{path}' does not exist")
     cfg = load_config(config, cfg_options, work_dir, False, launcher)

@@ -124,12 +124,14 @@ def build_segmentor(cfg: Mapping[str, Any]) -> nn.Module:
     The default scope is mmseg while building: mmengine's ``BaseModel`` builds its data
     preprocessor from the *current* scope's registry.
     """
+    from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
     register_mmseg()
     with DefaultScope.overwrite_default_scope("mmseg"):
-        return MODELS.build(dict(cfg))
+        # ConfigDict: mmdet reads nested settings as attributes (train_cfg.rpn)
+        return MODELS.build(ConfigDict(dict(cfg)))
 
 
 def backbone_mismatches(

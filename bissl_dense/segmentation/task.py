@@ -97,7 +97,9 @@ def start_from_pretext_backbone(
         )
 
 
-def load_head_from_checkpoint(model: nn.Module, path: str | Path, prefixes: tuple[str, ...]) -> None:
+def load_head_from_checkpoint(
+    model: nn.Module, path: str | Path, prefixes: tuple[str, ...]
+) -> None:
     """Load the ``prefixes`` entries of a warm-up run's checkpoint (``weights_only=True``).
 
     The head warm-up (SPEC §1 step 2) is an ordinary mmseg/mmdet run with a frozen backbone; its

@@ -115,6 +115,10 @@ def batch_source(
             num_workers=num_workers,
             collate_fn=collate_fn,
             pin_memory=pin_memory,
+            # Its own generator: a DataLoader iterator otherwise draws its workers' base seed
+            # from the global torch RNG, so creating the iterators at another point (a resumed
+            # run) would shift every later random draw of the training step (e.g. RoI sampling).
+            generator=torch.Generator().manual_seed(seed),
         )
         for batch in loader:
             yield move_to_device(batch, device)

@@ -1,7 +1,8 @@
 # BiSSL on cityscapes with a SIMCLR lower level (SPEC §3-§5); the output is the lower backbone θ_L
 # (<work_dir>/export/BiSSL_simclr_segmentation_cityscapes_arch-resnet50_lower_backbone_id-<id>.pth).
 # 8 GPUs: pretext batch 8 x 128 = 1024, downstream batch 8 x 2 = 16.
-#   torchrun --nproc_per_node=8 tools/train.py configs/segmentation/bissl_simclr_fcn_r50_cityscapes.py \
+#   torchrun --nproc_per_node=8 tools/train.py \
+#       configs/segmentation/bissl_simclr_fcn_r50_cityscapes.py \
 #       --launcher pytorch --cfg-options model.pretext.backbone_checkpoint=... \
 #       model.pretext.head_checkpoint=... model.task.head_checkpoint=<warm-up work_dir>/iter_<n>.pth
 _base_ = [

@@ -1,4 +1,5 @@
-# BiSSL (SimCLR lower level) on the generated cityscapes data with small images, one CPU process or a
+# BiSSL (SimCLR lower level) on the generated cityscapes data with small images, one CPU process
+#   or a
 # few (BatchNorm instead of SyncBN; no dropout, so that runs on 1 and 2 processes compare
 # exactly). See _base_/datasets/cityscapes_synthetic.py for the data commands.
 _base_ = [

@@ -1,4 +1,5 @@
-# Fine-tuning FCN-16 on cityscapes, paper recipe (short side resized, flip 0.5), after pretext or after
+# Fine-tuning FCN-16 on cityscapes, paper recipe (short side resized, flip 0.5), after pretext or
+#   after
 # BiSSL (the backbone file decides); the best-validation checkpoint is tested (results.json).
 #   python tools/train.py configs/segmentation/finetune_fcn_r50_cityscapes.py --cfg-options \
 #       model.backbone.init_cfg.checkpoint=<...>_lower_backbone_id-<id>.pth

@@ -1,4 +1,5 @@
-# Fine-tuning FCN-16 on the generated cityscapes data (paper recipe, small images, BatchNorm), e.g. after
+# Fine-tuning FCN-16 on the generated cityscapes data (paper recipe, small images, BatchNorm),
+#   e.g. after
 # bissl_simclr_fcn_r50_cityscapes_synthetic.py; also the head warm-up with --cfg-options
 # model.backbone.frozen_stages=4 model.backbone.norm_eval=True.
 _base_ = [

@@ -9,6 +9,8 @@ _base_ = [
 ]
 model = dict(
     # the pretext backbone, frozen with its BatchNorm statistics
-    backbone=dict(init_cfg=dict(type="Pretrained", checkpoint=None), frozen_stages=4, norm_eval=True),
+    backbone=dict(
+        init_cfg=dict(type="Pretrained", checkpoint=None), frozen_stages=4, norm_eval=True
+    ),
     decode_head=dict(num_classes={{_base_.num_classes}}),
 )

@@ -131,7 +131,8 @@ def test_central_scheme_converges_at_second_order() -> None:
 # Stated tolerance (relative, float32, forward scheme, default step): 2e-2 for every network
 # below. Measured here: ReLU 7.4e-3, GELU 2.0e-3, SiLU 2.1e-3, LeakyReLU 4.5e-3, ReLU6 7.4e-3,
 # Hardtanh 6.5e-3, clamp 1.5e-2, ReLU + dropout 2.0e-3, max-pool + adaptive max-pool 8.0e-4
-# (without replay and forked randomness: LeakyReLU 3.4, ReLU6 5.3, ReLU + dropout 428).
+# (issue 13 measured, before these replays and the forked randomness: LeakyReLU 3.4, ReLU6 5.3,
+# ReLU + dropout 428).
 FD_TOLERANCE = 2e-2
 
 

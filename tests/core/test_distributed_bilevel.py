@@ -20,7 +20,9 @@ CONFIG = dict(alternations=2, lower_steps=2, upper_steps=2, cg_iters=3, lam=0.01
 
 def _train(rank: int, world_size: int, hvp: str, cg: str) -> dict[str, torch.Tensor]:
     torch.set_default_dtype(torch.float64)
-    cfg = BiSSLConfig(hvp=hvp, cg=cg, **CONFIG)
+    # layer-wise scalars exist for CG only; the global case runs the default solver (MINRES)
+    solver = "cg" if cg == "layerwise" else "minres"
+    cfg = BiSSLConfig(hvp=hvp, cg=cg, solver=solver, **CONFIG)
     lower, upper = make_models()
     step = make_step(lower, upper, cfg, lr=(0.1, 0.1), momentum=0.9)
     per_rank = 8 // world_size

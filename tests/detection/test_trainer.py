@@ -31,25 +31,37 @@ def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_voc_data(tmp_path_factory.mktemp("voc"), n=16, size=64)
 
 
-def _cli(voc: Path, out: Path, *opts: str, gpus: int = 1) -> dict:
+# Two alternations of N_L = 1 lower and N_U = 2 upper steps (6 iterations), shared by the tests
+# of the run's report and of resume (the uninterrupted reference).
+SCHEDULE = ["BISSL.ALTERNATIONS", "2", "BISSL.UPPER_STEPS", "2"]
+
+
+def _cli(voc: Path, out: Path, *opts: str, gpus: int = 1) -> None:
     argv = ["--config-file", str(TINY_CONFIG), "--num-gpus", str(gpus)]
     argv += ["MODEL.WEIGHTS", "random", "DATASETS.VOC_ROOT", str(voc), "OUTPUT_DIR", str(out)]
     assert train_net.main(argv + BISSL + list(opts)) == 0
-    return json.loads((out / "results.json").read_text())
 
 
-def test_bissl_run_reports_ap50(voc: Path, tmp_path: Path) -> None:
-    results = _cli(voc, tmp_path, "BISSL.ALTERNATIONS", "2")
+@pytest.fixture(scope="module")
+def straight_run(voc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tools/train_net.py`` BiSSL run to the end, with AP50 on VOC07 test."""
+    out = tmp_path_factory.mktemp("straight")
+    _cli(voc, out, *SCHEDULE, "SOLVER.CHECKPOINT_PERIOD", "100")
+    return out
+
+
+def test_bissl_run_reports_ap50(straight_run: Path) -> None:
+    results = json.loads((straight_run / "results.json").read_text())
     metrics = results["results"]["voc_2007_test"]
     assert set(metrics) == {"AP", "AP50", "AP75"}
     assert 0.0 <= metrics["AP50"] <= 100.0
-    assert results["stage"] == "bissl" and results["iteration"] == 4
-    exported = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert results["stage"] == "bissl" and results["iteration"] == 6
+    exported = sorted(p.name for p in (straight_run / "export").iterdir())
     assert exported == [
         "BiSSL_simclr_detection_voc0712_arch-resnet50_lower_backbone_id-0.pth",
         "BiSSL_simclr_detection_voc0712_arch-resnet50_lower_backbone_id-0_detectron2.pkl",
     ]
-    events = (tmp_path / "metrics.json").read_text()
+    events = (straight_run / "metrics.json").read_text()
     assert "lower/pretext_loss" in events and "upper/loss" in events and "lr/upper" in events
 
 
@@ -80,42 +92,29 @@ class _Kill(HookBase):
             raise KeyboardInterrupt("killed")
 
 
-def _state(trainer: BiSSLTrainer) -> dict[str, torch.Tensor]:
-    out = {"upper." + k: v.clone() for k, v in trainer.model.state_dict().items()}
-    out.update({"lower." + k: v.clone() for k, v in trainer.pretext.state_dict().items()})
-    return out
-
-
-def test_killed_run_resumes_to_the_same_weights(voc: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_weights(
+    voc: Path, straight_run: Path, tmp_path: Path
+) -> None:
     # checkpoints (detector, pretext model, both optimisers: ~0.5 GB each) only where needed
-    opts = [
-        *BISSL,
-        "BISSL.UPPER_STEPS",
-        "2",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "2",
-        "DATASETS.TEST",
-        "()",
-    ]
-    straight = BiSSLTrainer(tiny_cfg(voc, tmp_path / "a", *opts, "SOLVER.CHECKPOINT_PERIOD", "9"))
-    straight.train()
-    expected = _state(straight)
-
-    killed = BiSSLTrainer(tiny_cfg(voc, tmp_path / "b", *opts))
+    opts = [*BISSL, *SCHEDULE, "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()"]
+    killed = BiSSLTrainer(tiny_cfg(voc, tmp_path, *opts))
     killed.register_hooks([_Kill(at=1)])  # inside the upper stage: its Hessian batch is held
     with pytest.raises(KeyboardInterrupt):
         killed.train()
-    assert (tmp_path / "b" / "model_0000001.pth").is_file()
-    resumed = BiSSLTrainer(tiny_cfg(voc, tmp_path / "b", *opts))
+    assert (tmp_path / "model_0000001.pth").is_file()
+    del killed
+    resumed = BiSSLTrainer(tiny_cfg(voc, tmp_path, *opts))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2 and resumed.bilevel.hessian_batch is not None
     resumed.train()
-    got = _state(resumed)
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(got[key], expected[key]), key
-    # the checkpoint is readable with weights_only=True
-    torch.load(tmp_path / "b" / "model_final.pth", weights_only=True)
+    # both checkpoints are read with weights_only=True
+    got = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    expected = torch.load(straight_run / "model_final.pth", weights_only=True)
+    assert got["iteration"] == expected["iteration"] == 5
+    for part in ("model", "pretext"):
+        assert got[part].keys() == expected[part].keys()
+        for key, value in expected[part].items():
+            assert torch.equal(got[part][key], value), (part, key)
 
 
 def _square_images(root: Path, size: int) -> None:

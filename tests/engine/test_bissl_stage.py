@@ -302,3 +302,42 @@ def test_clear_errors(tmp_path: Path, data: dict[str, Path], capsys) -> None:
         ],
     )
     assert str(resnet50) in err and "layer1.0.conv3.weight" in err
+
+
+def test_two_processes_under_torchrun(tmp_path: Path, data: dict[str, Path]) -> None:
+    """torchrun + --launcher pytorch on CPU (gloo): replicas, per-rank slices of the stacks."""
+    import os
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    pretext = _pretext_files(tmp_path / "pretext", "simclr")
+    head = tmp_path / "head.pth"
+    torch.save({"weight": torch.zeros(5, 512), "bias": torch.zeros(5)}, head)
+    options = _bissl_options(data, pretext, head) + [
+        "train_dataloader.batch_size=4",
+        "pretext_dataloader.batch_size=4",
+        "train_cfg.bissl.alternations=1",
+        "train_cfg.bissl.lower_steps=1",
+        "train_cfg.bissl.upper_steps=1",
+        "train_cfg.bissl.cg_iters=1",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [
+        str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tools" / "train.py"),
+        str(CONFIGS / "bissl_simclr_resnet18_synthetic.py"), "--launcher", "pytorch",
+        "--work-dir", str(tmp_path / "ddp"), "--cfg-options", *options,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+    )
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # torchrun forwards SIGTERM to its workers
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"torchrun did not finish within 300 s:\n{output[-4000:]}")
+    assert process.returncode == 0, output[-4000:]
+    assert "Distributed training: True" in output
+    config = json.loads(next((tmp_path / "ddp" / "export").glob("*_config_*.json")).read_text())
+    assert config["world_size"] == 2 and config["lower_batch_size"] == 8

@@ -210,7 +210,8 @@ def test_byol_target_is_reset_to_loaded_online_weights(tmp_path) -> None:
         head_checkpoint=str(files["head"]),
     )
     for online, target in loaded.online_target_pairs():
-        for (name, a), b in zip(online.state_dict().items(), target.state_dict().values(), strict=True):
+        pairs = zip(online.state_dict().items(), target.state_dict().values(), strict=True)
+        for (name, a), b in pairs:
             assert torch.equal(a, b), name
     torch.testing.assert_close(
         loaded.projector.state_dict()["0.weight"], source.projector.state_dict()["0.weight"]

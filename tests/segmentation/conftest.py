@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from bissl_dense.datasets.synthetic import write_cityscapes, write_unlabeled, write_voc
+from bissl_dense.pretext.methods import SimCLR
+from bissl_dense.pretext.weights import export_pretext
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +26,13 @@ def seg_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cityscapes": root / "cityscapes",
         "unlabeled": root / "unlabeled",
     }
+
+
+@pytest.fixture(scope="session")
+def pretext(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Pretext files (SimCLR, ResNet-18: fast on CPU) in the published layout."""
+    torch.manual_seed(0)
+    model = SimCLR(backbone=dict(arch="resnet18"))
+    out = tmp_path_factory.mktemp("pretext")
+    head = model.head_state_dict()
+    return export_pretext(out, model.backbone, head, {}, "simclr", "resnet18", "t")

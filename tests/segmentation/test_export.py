@@ -1,4 +1,5 @@
-"""``bissl export --to mmseg``: the file loads through mmseg's ``init_cfg`` with every key matched."""
+"""``bissl export --to mmseg``: the file loads through mmseg's ``init_cfg`` with every key
+matched."""
 
 from __future__ import annotations
 

@@ -65,7 +65,9 @@ def test_equals_mmseg_iou_metric_on_random_predictions() -> None:
     for _ in range(3):
         gt = rng.integers(0, 3, size=(8, 10))
         gt[rng.random(gt.shape) < 0.1] = 255
-        pred = np.where(rng.random(gt.shape) < 0.7, np.where(gt == 255, 0, gt), rng.integers(0, 3, gt.shape))
+        pred = np.where(
+            rng.random(gt.shape) < 0.7, np.where(gt == 255, 0, gt), rng.integers(0, 3, gt.shape)
+        )
         pairs.append((pred, gt))
     ours = evaluate(PerClassIoUMetric(), pairs)
     theirs = evaluate(IoUMetric(iou_metrics=["mIoU"]), pairs)

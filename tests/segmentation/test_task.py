@@ -35,9 +35,13 @@ def voc_batch(voc2012: Path, indices: list[int]) -> dict:
     ]
     with DefaultScope.overwrite_default_scope("mmseg"):
         dataset = DATASETS.build(
-            dict(type="PascalVOCDataset", data_root=str(voc2012),
-                 data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClassAug"),
-                 ann_file="ImageSets/Segmentation/aug.txt", pipeline=pipeline)  # fmt: skip
+            dict(
+                type="PascalVOCDataset",
+                data_root=str(voc2012),
+                data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClassAug"),
+                ann_file="ImageSets/Segmentation/aug.txt",
+                pipeline=pipeline,
+            )  # fmt: skip
         )
         return pseudo_collate([dataset[i] for i in indices])
 

@@ -91,6 +91,7 @@ class BYOL(PretextMethod):
             return
         for online, target in self.online_target_pairs():
             target.load_state_dict(online.state_dict())
+
     def target_modules(self) -> list[nn.Module]:
         return [m for m in (self.target_backbone, self.target_projector) if m is not None]
 

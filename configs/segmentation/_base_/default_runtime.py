@@ -23,7 +23,8 @@ env_cfg = dict(
     dist_cfg=dict(backend="nccl"),
 )
 vis_backends = [dict(type="LocalVisBackend")]
-visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends, name="visualizer")
+# no fixed name: runs started in one process (tests, notebooks) each get their own visualizer
+visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends)
 log_processor = dict(by_epoch=False, window_size=20)
 log_level = "INFO"
 load_from = None

@@ -1,31 +1,7 @@
-# sun397: SPEC §5 splits through classification.datasets.build_dataset (`bissl data check
-# --dataset sun397 --root data/classification` verifies the layout first). 96 px, batch 256 (SPEC §4).
+# sun397 (SPEC §5 splits): only what differs from the shared benchmark base.
+_base_ = ["./benchmark.py"]
 dataset_name = "sun397"
-data_root = "data/classification"
 num_classes = 397
-multilabel = False
-image_size = 96
-_data = dict(type="ClassificationDataset", name=dataset_name, data_root=data_root,
-             image_size=image_size, split_dir="data/classification/splits")  # fmt: skip
-train_dataloader = dict(
-    batch_size=256,
-    num_workers=8,
-    persistent_workers=True,
-    pin_memory=True,
-    drop_last=True,
-    sampler=dict(type="SeededSampler", shuffle=True),
-    collate_fn=dict(type="default_collate"),
-    dataset=dict(_data, split="train", transform="train"),
-)
-val_dataloader = dict(
-    batch_size=256,
-    num_workers=8,
-    persistent_workers=True,
-    pin_memory=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    collate_fn=dict(type="default_collate"),
-    dataset=dict(_data, split="val", transform="eval"),
-)
-test_dataloader = dict(val_dataloader, dataset=dict(_data, split="test", transform="eval"))
-val_evaluator = dict(type="ClassificationMetric", mode="topk", topk=(1, 5))
-test_evaluator = val_evaluator
+train_dataloader = dict(dataset=dict(name=dataset_name))
+val_dataloader = dict(dataset=dict(name=dataset_name))
+test_dataloader = dict(dataset=dict(name=dataset_name))

@@ -1,5 +1,6 @@
 # Head warm-up (SPEC §1 step 2, §4): only the FCN head on the frozen backbone (the configs set
-# backbone.frozen_stages=4 and norm_eval=True), 5 epochs at a constant learning rate. BiSSL's upper level
+# backbone.frozen_stages=4 and norm_eval=True), 5 epochs at a constant learning rate. BiSSL's
+#   upper level
 # reuses this lr and weight decay, and its checkpoint's decode_head.* (model.task.head_checkpoint).
 optim_wrapper = dict(
     type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)

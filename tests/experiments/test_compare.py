@@ -1,0 +1,290 @@
+"""``bissl compare`` end to end on generated data with a ResNet-18 (issue 9).
+
+One module-scoped comparison (arms ``ft,bissl``, 2 search configurations and 2 seeds each)
+runs through ``bissl_dense.cli.main`` on a local Ray; the tests read what it wrote: the ledgers
+agree with each trial's ``results.json``, the BiSSL arm fine-tunes the BiSSL backbone, the table,
+plots and report exist, and running the same command again reruns nothing. The baseline arms
+then run one configuration and one seed each in the same work directory (the BiSSL variants
+reuse its head warm-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bissl_dense.cli import main
+from bissl_dense.datasets.synthetic import write_imagefolder, write_unlabeled
+from bissl_dense.engine.selection import read_results
+from bissl_dense.errors import ConfigError
+from bissl_dense.experiments.arms import parse_arms
+from bissl_dense.experiments.stages import trial_metrics
+from bissl_dense.pretext.methods import SimCLR
+from bissl_dense.pretext.weights import export_pretext, load_backbone_state
+from bissl_dense.reports.markdown import is_png, referenced_images
+from bissl_dense.reports.tables import ComparisonTable
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "classification"
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 1024 * 1024,
+        logging_level=logging.WARNING,
+    )
+    yield
+    ray.shutdown()
+
+
+def _loader_options(prefix: str, root: Path) -> list[str]:
+    return [
+        f"{prefix}.dataset.data_root={root}",
+        f"{prefix}.num_workers=0",
+        f"{prefix}.persistent_workers=False",
+    ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("compare")
+    labelled, unlabeled = root / "labelled", root / "unlabeled"
+    write_imagefolder(labelled, 40, num_classes=5, size=32, seed=0)
+    write_unlabeled(unlabeled, 16, size=32, seed=0)
+    torch.manual_seed(0)
+    model = SimCLR(backbone=dict(arch="resnet18"))
+    pretext = export_pretext(
+        root / "pretext", model.backbone, model.head_state_dict(), {}, "simclr", "resnet18", "t0"
+    )
+    common = [
+        *_loader_options("train_dataloader", labelled),
+        *_loader_options("val_dataloader", labelled),
+        "train_dataloader.batch_size=8",
+    ]
+    test_loader = _loader_options("test_dataloader", labelled)
+    argv = [
+        "compare",
+        "--task-config",
+        str(CONFIGS / "finetune_resnet18_synthetic.py"),
+        "--warmup-config",
+        str(CONFIGS / "warmup_resnet18_synthetic.py"),
+        "--bissl-config",
+        str(CONFIGS / "bissl_simclr_resnet18_synthetic.py"),
+        "--backbone",
+        str(pretext["backbone"]),
+        "--head",
+        str(pretext["head"]),
+        "--work-dir",
+        str(root / "work"),
+        "--cfg-options",
+        *common,
+        "--finetune-options",
+        "train_cfg.max_epochs=1",
+        *test_loader,
+        "--warmup-options",
+        "train_cfg.max_epochs=1",
+        *test_loader,
+        "--bissl-options",
+        f"pretext_dataloader.dataset.data_root={unlabeled}",
+        "pretext_dataloader.num_workers=0",
+        "pretext_dataloader.batch_size=8",
+        "train_cfg.val_interval=1",
+        "train_cfg.bissl.alternations=1",
+        "train_cfg.bissl.lower_steps=1",
+        "train_cfg.bissl.upper_steps=2",
+        "train_cfg.bissl.cg_iters=1",
+        "train_cfg.bissl.residual_every=1",
+    ]
+    return {"root": root, "work": root / "work", "pretext": pretext, "argv": argv}
+
+
+def _ledger(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text())["trials"]
+
+
+@pytest.fixture(scope="module")
+def compared(setup: dict, local_ray: None) -> dict:
+    argv = [*setup["argv"], "--arms", "ft,bissl", "--num-samples", "2", "--seeds", "2"]
+    assert main(argv) == 0
+    return setup
+
+
+def test_compare_ft_bissl_end_to_end(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    work: Path = compared["work"]
+    for arm in ("ft", "bissl"):
+        search = _ledger(work / "arms" / arm / "search" / "search.json")
+        seeds = _ledger(work / "arms" / arm / "seeds" / "seeds.json")
+        assert len(search) == 2 and len(seeds) == 2
+        for record in [*search.values(), *seeds.values()]:
+            results = read_results(record["config"]["trial_dir"])
+            assert record["metrics"] == pytest.approx(trial_metrics(results), nan_ok=True)
+            assert results["selection_metric"] == "classification/top1"
+            assert 0 <= record["metrics"]["test"] <= 100
+        # the seeds ran at the configuration with the best validation score
+        ordered = [search[key] for key in sorted(search)]  # ties: the first configuration
+        best = max(ordered, key=lambda r: r["metrics"]["val"])
+        for record in seeds.values():
+            assert record["config"]["lr"] == best["config"]["lr"]
+            assert record["config"]["weight_decay"] == best["config"]["weight_decay"]
+    # the BiSSL arm fine-tunes the BiSSL lower backbone, which moved away from the pretext one
+    bissl_record = next(iter(_ledger(work / "arms/bissl/seeds/seeds.json").values()))
+    lower = Path(bissl_record["config"]["options"]["model.backbone_checkpoint"])
+    assert lower.name.startswith("BiSSL_simclr") and lower.parent == work / "prepare/bissl/export"
+    before = load_backbone_state(compared["pretext"]["backbone"])
+    after = load_backbone_state(lower)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    report = work / "report" / "report.md"
+    table = ComparisonTable.from_json((work / "report" / "comparison.json").read_text())
+    rows = {row.arm: row for row in table.rows}
+    assert set(rows) == {"ft", "bissl"} and rows["ft"].difference is None
+    seed_values = {
+        arm: [r["metrics"]["test"] for r in _ledger(work / f"arms/{arm}/seeds/seeds.json").values()]
+        for arm in ("ft", "bissl")
+    }
+    assert rows["bissl"].mean == pytest.approx(sum(seed_values["bissl"]) / 2)
+    assert rows["bissl"].difference == pytest.approx(
+        sum(seed_values["bissl"]) / 2 - sum(seed_values["ft"]) / 2
+    )
+    assert (work / "report" / "comparison.csv").is_file()
+    images = referenced_images(report.read_text())
+    names = {Path(p).name for p in images}
+    assert {"seeds.png", "search_ft.png", "search_bissl.png", "losses_bissl.png"} <= names
+    for image in images:
+        assert is_png(report.parent / image), image
+
+
+def test_rerun_redoes_nothing(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    work: Path = compared["work"]
+    results = sorted(work.glob("arms/*/*/*/*/results.json")) + sorted(
+        work.glob("arms/*/*/*/results.json")
+    )
+    assert len(results) == 8
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    exports = {p: p.stat().st_mtime_ns for p in work.glob("prepare/**/export/*")}
+    capsys.readouterr()
+    argv = [*compared["argv"], "--arms", "ft,bissl", "--num-samples", "2", "--seeds", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 to run" in out and "done before" in out
+    assert "| ft |" in out or "ft" in out.split("report:")[0]
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps
+    assert {p: p.stat().st_mtime_ns for p in work.glob("prepare/**/export/*")} == exports
+
+
+def test_baseline_arms_one_configuration_each(compared: dict) -> None:
+    arms = ["random_init", "linear_probe", "zero_head", "noisytune", "ij_discarded", "nu1"]
+    arms.append("lambda_0.01")
+    argv = [*compared["argv"], "--arms", ",".join(arms), "--num-samples", "1", "--seeds", "1"]
+    work: Path = compared["work"]
+    assert main(argv) == 0
+    seeds = {arm: _ledger(work / f"arms/{arm}/seeds/seeds.json")["0"] for arm in arms}
+    for arm, record in seeds.items():
+        assert math.isfinite(record["metrics"]["test"]), arm
+    options = {arm: record["config"]["options"] for arm, record in seeds.items()}
+    pretext = compared["pretext"]["backbone"]
+    assert options["random_init"]["model.backbone_checkpoint"] is None
+    # linear probing: the fine-tuned backbone is exactly the pretext backbone
+    assert options["linear_probe"]["model.freeze_backbone"] is True
+    probed = load_backbone_state(Path(seeds["linear_probe"]["config"]["trial_dir"]) / "best.pth")
+    before = load_backbone_state(pretext)
+    assert all(torch.equal(before[k], probed[k]) for k in before)
+    assert options["zero_head"]["model.zero_init_head"] is True
+    # NoisyTune: every multi-element parameter moved by at most scale/2 · std, and it moved
+    noisy = load_backbone_state(options["noisytune"]["model.backbone_checkpoint"])
+    weight = before["layer1.0.conv1.weight"]
+    delta = noisy["layer1.0.conv1.weight"] - weight
+    assert 0 < delta.abs().max() <= 0.15 / 2 * weight.std() * (1 + 1e-5)
+    assert torch.equal(noisy["bn1.running_mean"], before["bn1.running_mean"])  # buffers kept
+    # the BiSSL variants ran with their option (recorded in the exported BiSSL config)
+    expected = {
+        "ij_discarded": ("discard_implicit_jacobian", True),
+        "nu1": ("upper_steps", 1),
+        "lambda_0.01": ("lam", 0.01),
+    }
+    for arm, (key, value) in expected.items():
+        exported = next((work / "prepare" / arm / "export").glob("BiSSL_*_config_id-*.json"))
+        assert json.loads(exported.read_text())["bissl"][key] == value, arm
+        lower = options[arm]["model.backbone_checkpoint"]
+        assert Path(lower).parent == work / "prepare" / arm / "export"
+    table = json.loads((work / "report" / "comparison.json").read_text())
+    assert table is not None
+
+
+def test_arm_names_are_checked() -> None:
+    assert parse_arms("ft, bissl,lambda_0.1") == ["ft", "bissl", "lambda_0.1"]
+    with pytest.raises(ConfigError, match="unknown arm 'fine'"):
+        parse_arms("ft,fine")
+    with pytest.raises(ConfigError, match="not implemented"):
+        parse_arms("ft,weighted_sum")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_arms("lambda_x")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_arms("ft,ft")
+
+
+def test_killed_compare_resumes_without_redoing_finished_trials(
+    setup: dict, local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL ``bissl compare`` (and its Ray) mid-search; the same command finishes the rest."""
+    argv = [*setup["argv"], "--arms", "ft", "--num-samples", "3", "--seeds", "1"]
+    work = tmp_path / "killed"
+    argv[argv.index("--work-dir") + 1] = str(work)
+    ledger_path = work / "arms" / "ft" / "search" / "search.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bissl_dense.cli", *argv, "--num-cpus", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill takes Ray's processes too
+    )
+    try:
+        deadline = time.monotonic() + 300
+        finished: dict = {}
+        while time.monotonic() < deadline and process.poll() is None:
+            if ledger_path.exists():
+                finished = _ledger(ledger_path)
+                if finished:
+                    break
+            time.sleep(0.2)
+        output = process.stdout.read().decode() if process.poll() is not None else ""
+        assert 1 <= len(finished) < 3, output[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    before = _ledger(ledger_path)
+    stamps = {
+        key: (Path(r["config"]["trial_dir"]) / "results.json").stat().st_mtime_ns
+        for key, r in before.items()
+    }
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"[ft search] {len(before)}/3 done" in out and f"{3 - len(before)} to run" in out
+    after = _ledger(ledger_path)
+    assert sorted(after) == ["0000", "0001", "0002"]
+    for key, record in before.items():  # finished before the kill: kept, never trained again
+        assert after[key] == record
+        results = Path(record["config"]["trial_dir"]) / "results.json"
+        assert results.stat().st_mtime_ns == stamps[key]
+    assert (work / "report" / "report.md").is_file()
