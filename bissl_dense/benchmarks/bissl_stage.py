@@ -5,14 +5,15 @@ Ours: ``bissl train``'s runner on ``configs/classification/bissl_simclr_resnet18
 Baseline: the same model, optimisers, schedules and batch sources driven by a plain
 ``while not trainer.done: trainer.train_step()``.
 
-Both run in one process on generated data, one after the other, several times (interleaved);
+Both run in one process on generated data, one after the other, several times (the order
+alternating between repeats);
 the table gives the median seconds per lower step and per upper step (each measured from one
 step's start to the next's, so hook and logging costs are included), the stage's overhead
 (target ≤ 5 %), and the upper step's cost as a multiple of one plain fine-tuning step of the
 classifier on the same batch.
 
     python -m bissl_dense.benchmarks.bissl_stage [--device cuda] [--arch resnet18]
-        [--image-size 32] [--batch 16] [--alternations 2] [--repeats 2] [--json PATH]
+        [--image-size 32] [--batch 16] [--alternations 2] [--repeats 4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lower-steps", type=int, default=3)
     parser.add_argument("--upper-steps", type=int, default=2)
     parser.add_argument("--cg-iters", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--data", help="generated data folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -207,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         bare: dict[str, list[float]] = {"lower": [], "upper": []}
         finetune: list[float] = []
         for repeat in range(args.repeats):
-            b, f = run_bare(args, data)
-            s = run_stage(args, data, Path(tmp) / f"work{repeat}")
+            # alternate the order, so that drifting machine speed does not favour one side
+            if repeat % 2 == 0:
+                b, f = run_bare(args, data)
+                s = run_stage(args, data, Path(tmp) / f"work{repeat}")
+            else:
+                s = run_stage(args, data, Path(tmp) / f"work{repeat}")
+                b, f = run_bare(args, data)
             MMLogger.get_current_instance().setLevel(logging.WARNING)
             for phase in ("lower", "upper"):
                 stage[phase] += s[phase][1:]  # the first step of a run includes start-up
