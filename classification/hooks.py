@@ -9,6 +9,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from bissl_dense.engine.hooks import unwrap_model
+
 __all__ = ["ExportHeadHook"]
 
 
@@ -28,7 +30,7 @@ class ExportHeadHook(Hook):
     def after_train(self, runner: Any) -> None:
         if not is_main_process():
             return
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         self.path = Path(runner.work_dir) / self.out_subdir / "head.pth"
         model.save_head(self.path)
         runner.logger.info(f"exported the warmed-up head: {self.path}")

@@ -47,12 +47,13 @@ from mmengine.registry import (
     OPTIM_WRAPPER_CONSTRUCTORS,
 )
 from mmengine.runner.base_loop import BaseLoop
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bissl_dense.core import BilevelTrainer, BiSSLConfig
 from bissl_dense.distributed import get_rank, get_world_size, is_distributed
 from bissl_dense.engine.checkpoint import decode_state, encode_state
+from bissl_dense.engine.hooks import json_plain, unwrap_model
 from bissl_dense.errors import ConfigError
 from bissl_dense.stage import LevelOptimizers, SeededDataset, batch_source, build_bilevel_step
 from bissl_dense.stage.tasks import build_task
@@ -159,7 +160,7 @@ class BiSSLOptimWrapperConstructor:
         self.cfg = optim_wrapper_cfg
 
     def __call__(self, model: nn.Module) -> OptimWrapperDict:
-        model = model.module if hasattr(model, "module") else model
+        model = unwrap_model(model)
         wrappers = {}
         for level in ("lower", "upper"):
             cfg = dict(self.cfg[level])
@@ -289,8 +290,7 @@ class BiSSLLoop(BaseLoop):
         return 0
 
     def _source(self, dataset: Any, data: dict[str, Any], stage_length: int, seed: int) -> Any:
-        model = self.runner.model.module if hasattr(self.runner.model, "module") else None
-        device = next((model or self.runner.model).parameters()).device
+        device = next(unwrap_model(self.runner.model).parameters()).device
         return batch_source(
             dataset,
             batch_size=int(data["batch_size"]),
@@ -312,7 +312,7 @@ class BiSSLLoop(BaseLoop):
 
     def build_trainer(self) -> BilevelTrainer:
         runner = self.runner
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         if not isinstance(model, BiSSLModel):
             raise ConfigError(
                 f"BiSSLLoop needs model=dict(type='BiSSLModel', ...), got {type(model).__name__}"
@@ -371,18 +371,6 @@ class BiSSLLoop(BaseLoop):
         return runner.model
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
-    return repr(value)
-
-
 @HOOKS.register_module()
 class ExportBiSSLHook(Hook):
     """After BiSSL, writes the published files of its output.
@@ -413,7 +401,7 @@ class ExportBiSSLHook(Hook):
 
         if not is_main_process():
             return
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         pretext = model.lower
         loop = runner.train_loop
         config = {
@@ -421,14 +409,14 @@ class ExportBiSSLHook(Hook):
             "downstream": self.downstream,
             "dataset": self.dataset,
             "arch": pretext.arch,
-            "bissl": _plain(vars(loop.config)),
+            "bissl": json_plain(vars(loop.config)),
             "steps": loop.iter,
             "world_size": get_world_size(),
             "lower_batch_size": int(loop.lower_data["batch_size"]) * get_world_size(),
             "upper_batch_size": int(loop.upper_data["batch_size"]) * get_world_size(),
             "seed": runner.seed,
-            "model": _plain(runner.cfg.get("model", {})),
-            "optimizer": _plain(runner.cfg.get("optim_wrapper", {})),
+            "model": json_plain(runner.cfg.get("model", {})),
+            "optimizer": json_plain(runner.cfg.get("optim_wrapper", {})),
         }
         self.exported = export_bissl(
             out_dir=Path(runner.work_dir) / self.out_subdir,

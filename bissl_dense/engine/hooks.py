@@ -54,12 +54,12 @@ class PretextStepHook(Hook):
         unwrap_model(runner.model).after_optimizer_step(runner.iter, runner.max_iters)
 
 
-def _plain(value: Any) -> Any:
+def json_plain(value: Any) -> Any:
     """A JSON-compatible copy of a config value (tuples become lists, objects their repr)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
@@ -78,11 +78,11 @@ def export_config(cfg: Any, model: nn.Module, runner: Any) -> dict[str, Any]:
         "max_iters": runner.max_iters,
         "epochs": runner.iter / max(len(runner.train_dataloader), 1),
         "seed": runner.seed,
-        "model": _plain(cfg.get("model", {})),
-        "augmentation": _plain(loader.get("dataset", {}).get("augmentation", {})),
-        "optimizer": _plain(cfg.get("optim_wrapper", {})),
-        "auto_scale_lr": _plain(cfg.get("auto_scale_lr", None)),
-        "param_scheduler": _plain(cfg.get("param_scheduler", [])),
+        "model": json_plain(cfg.get("model", {})),
+        "augmentation": json_plain(loader.get("dataset", {}).get("augmentation", {})),
+        "optimizer": json_plain(cfg.get("optim_wrapper", {})),
+        "auto_scale_lr": json_plain(cfg.get("auto_scale_lr", None)),
+        "param_scheduler": json_plain(cfg.get("param_scheduler", [])),
         "final_lr": runner.optim_wrapper.get_lr(),
     }
 

@@ -21,16 +21,13 @@ from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from bissl_dense.engine.hooks import unwrap_model
 from bissl_dense.fileio import atomic_torch_save, atomic_write_text
 
 __all__ = ["BestCheckpointHook", "read_results"]
 
 RESULTS_FILE = "results.json"
 BEST_FILE = "best.pth"
-
-
-def _unwrap(model: Any) -> Any:
-    return model.module if hasattr(model, "module") else model
 
 
 def read_results(work_dir: str | Path) -> dict[str, Any]:
@@ -82,7 +79,9 @@ class BestCheckpointHook(Hook):
         hub.update_info("best_epoch", int(runner.epoch))
         hub.update_info("best_iter", int(runner.iter))
         if is_main_process():
-            state = {k: v.detach().cpu() for k, v in _unwrap(runner.model).state_dict().items()}
+            state = {
+                k: v.detach().cpu() for k, v in unwrap_model(runner.model).state_dict().items()
+            }
             atomic_torch_save({"state_dict": state}, Path(runner.work_dir) / BEST_FILE)
             runner.logger.info(
                 f"best {self.metric} = {value:.4f} (epoch {runner.epoch}, iteration "
@@ -100,7 +99,7 @@ class BestCheckpointHook(Hook):
                 f"no '{best_path}': the run never validated (set train_cfg.val_interval)"
             )
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        _unwrap(runner.model).load_state_dict(state)
+        unwrap_model(runner.model).load_state_dict(state)
         test_metrics = runner.test_loop.run()
         if is_main_process():
             hub = runner.message_hub
