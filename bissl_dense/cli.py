@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(commands)
     add_analyze_parser(commands)
 
+    # `bissl demo` (make demo): the whole pipeline on built-in data (bissl_dense/demo.py)
+    from bissl_dense.demo import add_demo_parser
+
+    add_demo_parser(commands)
+
     # `bissl export BACKBONE --to detectron2|torchvision --out FILE` (bissl_dense/export.py)
     from bissl_dense.export import add_export_parser
 

@@ -142,8 +142,9 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
         help="convert a backbone to a downstream framework's weight format (and back)",
         description="Write a backbone in the format a downstream framework reads: "
         "--to detectron2 (a .pkl detectron2's checkpointer loads into the R50-C4 detector, "
-        "res5 included) or --to torchvision (the reverse). A file that does not fit names the "
-        "missing and unexpected keys.",
+        "res5 included), --to torchvision (the reverse), --to mmseg (a checkpoint with "
+        "backbone.* keys for mmseg's ResNet) or --to mmdet (the same, for the C4 backbone and "
+        "shared head). A file that does not fit names the missing and unexpected keys.",
     )
     parser.add_argument("backbone", help="input weight file (.pth/.safetensors/.pkl)")
     parser.add_argument("--to", required=True, choices=sorted(CONVERTERS), help="target format")

@@ -7,14 +7,18 @@ free (no mmengine), so the pretext weight export and the benchmarks can use it t
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 __all__ = [
+    "staged_directory",
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
@@ -74,3 +78,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+@contextmanager
+def staged_directory(root: str | Path) -> Iterator[Path]:
+    """Yield a hidden staging directory beside ``root``; rename it to ``root`` on success.
+
+    For data writers: a reader never sees a half-written dataset, and a killed writer leaves
+    only a ``.<name>.partial-*`` directory behind (removed on errors). ``root`` must not exist
+    or be an empty directory: existing data is never written into or over.
+    """
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"output directory {root} already exists and is not empty; remove it or choose "
+            "another --out (the generator never writes into or over existing data)"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        if root.exists():
+            root.rmdir()  # empty, checked above
+        staging.rename(root)
+        fsync_directory(root.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

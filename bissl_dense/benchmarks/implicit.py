@@ -163,12 +163,14 @@ def run(
     reference_iters: int = 20,
     quality_solves: int = 4,
     pretrain_steps: int = 0,
+    quality_only: bool = False,
 ) -> dict[str, Any]:
+    """Run the benchmark; ``quality_only`` skips every timing and reports only the solutions'
+    quality (residuals and errors against the converged reference, one pass of each solver)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     lower = SimCLR(backbone=dict(arch="resnet18", cifar_stem=cifar_stem)).to(dev).train()
-    if pretrain_steps:
-        _pretrain(lower, pretrain_steps, batch, size, dev)
+    pretrain_losses = _pretrain(lower, pretrain_steps, batch, size, dev) if pretrain_steps else []
     upper = _Classifier(cifar_stem).to(dev).train()
     upper.backbone.load_state_dict(lower.backbone.state_dict())
     # `batch` inputs per forward pass, as SimCLR-style positive pairs: two noisy views of the
@@ -278,54 +280,62 @@ def run(
             upper_steps,
         )
 
-    # Warm-up with the cheap cases only (thread pools, allocator, convolution primitives for these
-    # shapes): a full round of the expensive ones would cost as much as a repetition, and the
-    # medians over interleaved repetitions absorb what is left of first-call costs.
-    gradient()
-    finetune_step()
-    seconds: dict[str, list[float]] = {k: [] for k in cases}
-    memory: dict[str, list[float]] = {k: [] for k in cases}
-    outputs: dict[str, Any] = {}
-    for rep in range(repeats):
-        counter["step"] = rep
-        order = list(cases) if rep % 2 == 0 else list(reversed(cases))  # interleaved
-        for name in order:
-            call, steps = cases[name]
-            s, m, out = _timed(call, dev)
-            seconds[name].append(s / steps)
-            memory[name].append(m)
-            if rep == 0:
-                outputs[name] = out
-        print(f"  repetition {rep + 1}/{repeats} done", flush=True)
-    med = {k: statistics.median(v) for k, v in seconds.items()}
-    base_time = med["per_step/recompute"]
-    ij_cases = [k for k in cases if k.startswith(("per_step/", "stage/"))]
     result: dict[str, Any] = {
         "setup": dict(
             device=device,
             arch="resnet18",
             batch=batch,
             image_size=size,
-            repeats=repeats,
+            repeats=0 if quality_only else repeats,
             cg_iters=iters,
             upper_steps=upper_steps,
             lam=config.lam,
             damping=config.damping,
             default_solver=config.solver,
             pretrain_steps=pretrain_steps,
+            pretrain_loss_first_last=pretrain_losses[:1] + pretrain_losses[-1:],
             threads=torch.get_num_threads(),
-        ),
-        "median_seconds_per_upper_step": med,
-        "peak_memory_mib": {k: max(v) for k, v in memory.items()},
-        "ratio_to_recompute": {k: med[k] / base_time for k in ij_cases},
-        "gradients_per_upper_step": {k: med[k] / med["gradient"] for k in ij_cases},
+        )
     }
-    # The full BiSSL upper step in fine-tuning steps, for each way of solving: the measured upper
-    # step without its solve plus the measured solve.
-    rest = med["upper_step_without_solve"]
-    result["bissl_upper_step_over_finetune_step"] = {
-        k: (rest + med[k]) / med["finetune_step"] for k in ij_cases
-    }
+    outputs: dict[str, Any] = {}
+    if quality_only:  # one untimed pass of the solves whose quality is reported
+        outputs = {name: cases[name][0]() for name in _QUALITY_CASES}
+    else:
+        # Warm-up with the cheap cases only (thread pools, allocator, convolution primitives for
+        # these shapes): a full round of the expensive ones would cost as much as a repetition,
+        # and the medians over interleaved repetitions absorb what is left of first-call costs.
+        gradient()
+        finetune_step()
+        seconds: dict[str, list[float]] = {k: [] for k in cases}
+        memory: dict[str, list[float]] = {k: [] for k in cases}
+        for rep in range(repeats):
+            counter["step"] = rep
+            order = list(cases) if rep % 2 == 0 else list(reversed(cases))  # interleaved
+            for name in order:
+                call, steps = cases[name]
+                s, m, out = _timed(call, dev)
+                seconds[name].append(s / steps)
+                memory[name].append(m)
+                if rep == 0:
+                    outputs[name] = out
+            print(f"  repetition {rep + 1}/{repeats} done", flush=True)
+        med = {k: statistics.median(v) for k, v in seconds.items()}
+        base_time = med["per_step/recompute"]
+        ij_cases = [k for k in cases if k.startswith(("per_step/", "stage/"))]
+        result.update(
+            {
+                "median_seconds_per_upper_step": med,
+                "peak_memory_mib": {k: max(v) for k, v in memory.items()},
+                "ratio_to_recompute": {k: med[k] / base_time for k in ij_cases},
+                "gradients_per_upper_step": {k: med[k] / med["gradient"] for k in ij_cases},
+            }
+        )
+        # The full BiSSL upper step in fine-tuning steps, for each way of solving: the measured
+        # upper step without its solve plus the measured solve.
+        rest = med["upper_step_without_solve"]
+        result["bissl_upper_step_over_finetune_step"] = {
+            k: (rest + med[k]) / med["finetune_step"] for k in ij_cases
+        }
     graph_mib, exact_solver = _graph_mib(
         lambda: _begun(ImplicitSolver(**common, hvp="exact"), hessian_loss, params, buffers),
         list(lower.parameters()),
@@ -336,10 +346,14 @@ def run(
     # converged solve. A residual above 1 means the solve did worse than x = 0: the system is
     # indefinite (H has eigenvalues below −(λ+δ)) and CG is not made for it.
     solutions: dict[str, list[list[Tensor]]] = {
-        "cg/global (per_step/recompute)": [outputs["per_step/recompute"]],
-        "cg/global (stage/exact)": outputs["stage/exact"][:quality_solves],
-        "cg/global (stage/finite_difference)": outputs["stage/finite_difference"][:quality_solves],
-        "recycled (stage/exact/recycled)": outputs["stage/exact/recycled"][:quality_solves],
+        name: outputs[case][:quality_solves] if case.startswith("stage/") else [outputs[case]]
+        for name, case in {
+            "cg/global (per_step/recompute)": "per_step/recompute",
+            "cg/global (stage/exact)": "stage/exact",
+            "cg/global (stage/finite_difference)": "stage/finite_difference",
+            "recycled (stage/exact/recycled)": "stage/exact/recycled",
+        }.items()
+        if case in outputs
     }
     for name, options in {
         "cg/layerwise": dict(cg="layerwise"),
@@ -386,20 +400,25 @@ def run(
         exact_solver.relative_residual(c, rhs[k]).item() for k, c in converged.items()
     )
     result["relative_residual"]["x = 0"] = 1.0
-    per_step_exact = outputs["per_step/exact"]
-    recompute = outputs["per_step/recompute"]
-    result["relative_error"] = {
-        "per_step/exact_vs_recompute": _rel(per_step_exact, recompute),
-        # the amortised graph against today's per-step exact solve, at the stage's first and
-        # last solve (the last has reused the graph for (N_U − 1)·K products)
-        "stage/exact_vs_per_step/exact (solves 1 and N_U, max)": max(
-            _rel(outputs["stage/exact"][k], per_step("exact_at", k)()) for k in (0, upper_steps - 1)
-        ),
-        "stage/finite_difference_vs_exact (mean)": statistics.mean(
-            _rel(a, b)
-            for a, b in zip(outputs["stage/finite_difference"], outputs["stage/exact"], strict=True)
-        ),
-    }
+    result["relative_error"] = {}
+    if not quality_only:
+        result["relative_error"] = {
+            "per_step/exact_vs_recompute": _rel(
+                outputs["per_step/exact"], outputs["per_step/recompute"]
+            ),
+            # the amortised graph against today's per-step exact solve, at the stage's first and
+            # last solve (the last has reused the graph for (N_U − 1)·K products)
+            "stage/exact_vs_per_step/exact (solves 1 and N_U, max)": max(
+                _rel(outputs["stage/exact"][k], per_step("exact_at", k)())
+                for k in (0, upper_steps - 1)
+            ),
+            "stage/finite_difference_vs_exact (mean)": statistics.mean(
+                _rel(a, b)
+                for a, b in zip(
+                    outputs["stage/finite_difference"], outputs["stage/exact"], strict=True
+                )
+            ),
+        }
     hv_exact = _flat(make_hvp(hessian_loss, params, "exact")(rhs[0]))
     result["product_relative_error"] = {}
     for scheme in ("forward", "central"):
@@ -413,10 +432,17 @@ def run(
     return result
 
 
-def _pretrain(model: SimCLR, steps: int, batch: int, size: int, dev: torch.device) -> None:
+# What ``quality_only`` runs (once, untimed) before the solver comparison: the stage's global CG
+# solves. The other solvers (layer-wise CG, MINRES, warm starts) are run by the comparison itself.
+_QUALITY_CASES: tuple[str, ...] = ("stage/exact",)
+
+
+def _pretrain(model: SimCLR, steps: int, batch: int, size: int, dev: torch.device) -> list[float]:
     """A backbone that has been trained on its pretext task (``--pretrain-steps``): SimCLR with
     SGD on fresh pairs of the benchmark's kind (two noisy views, one mirrored), so that H is
-    taken near a trained point rather than at the random initialisation."""
+    taken near a trained point rather than at the random initialisation (issue 13, item 4).
+    Returns the loss of every step."""
+    losses: list[float] = []
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for i in range(steps):
         base = torch.randn(batch // 2, 3, size, size, device=dev)
@@ -425,8 +451,10 @@ def _pretrain(model: SimCLR, steps: int, batch: int, size: int, dev: torch.devic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        losses.append(loss.item())
         if i == 0 or (i + 1) % max(1, steps // 4) == 0:
-            print(f"  pretraining step {i + 1}/{steps}: SimCLR loss {loss.item():.3f}", flush=True)
+            print(f"  pretraining step {i + 1}/{steps}: SimCLR loss {losses[-1]:.3f}", flush=True)
+    return losses
 
 
 def _begun(
@@ -439,6 +467,12 @@ def _begun(
 def _print_table(result: dict[str, Any]) -> None:
     setup = result["setup"]
     print(f"\nimplicit-Jacobian benchmark: {setup}")
+    if "median_seconds_per_upper_step" in result:
+        _print_timing(result)
+    _print_quality(result)
+
+
+def _print_timing(result: dict[str, Any]) -> None:
     print(
         f"{'case (per upper step)':34s} {'median s':>10s} {'peak MiB':>10s} {'x gradient':>11s} "
         f"{'x recompute':>12s}"
@@ -457,6 +491,9 @@ def _print_table(result: dict[str, Any]) -> None:
     print("BiSSL upper step / fine-tuning step:")
     for name, r in result["bissl_upper_step_over_finetune_step"].items():
         print(f"  {name:44s} {r:8.2f}")
+
+
+def _print_quality(result: dict[str, Any]) -> None:
     print(
         f"{'solutions (K equal)':40s} {'residual mean':>14s} {'max':>10s} {'err vs ref.':>13s} "
         f"{'upper grad err':>15s}"
@@ -509,6 +546,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=0,
         help="train the lower SimCLR model this many steps first (H near a trained point)",
     )
+    parser.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="skip the timings: only the solutions' residuals and errors (one pass each)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     result = run(
@@ -523,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reference_iters=args.reference_iters,
         quality_solves=args.quality_solves,
         pretrain_steps=args.pretrain_steps,
+        quality_only=args.quality_only,
     )
     _print_table(result)
     if args.json is not None:

@@ -18,10 +18,20 @@ Distributed training: every rank holds full replicas (no DDP wrapper, since the 
 the model functionally with substituted parameters). After each backward the gradients are
 averaged across ranks with one flattened all-reduce, which is what DDP would do. Batch-coupled
 layers (BatchNorm) see only the local batch, as under DDP without SyncBatchNorm.
+
+Mixed precision (``BiSSLConfig.autocast``): the forward passes of the lower loss and of both upper
+losses run under ``torch.autocast`` (bf16 or fp16); parameters, gradients, optimiser states and
+the implicit-gradient products stay float32 (:mod:`bissl_dense.core.implicit` evaluates its losses
+with autocast disabled). fp16 gets one ``torch.amp.GradScaler`` per level; see
+:meth:`BilevelStep.upper_step` for why loss scaling through the implicit gradient is sound.
+Channels-last needs nothing here: a backbone whose weights are NHWC runs its convolutions NHWC,
+parameters and vectors of any layout mix freely in the solvers, and the task's losses convert
+their inputs (:mod:`bissl_dense.stage.builder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +53,7 @@ from bissl_dense.core.implicit import (
 from bissl_dense.distributed import all_reduce_mean_
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "BiSSLConfig",
     "BilevelStep",
     "BilevelTrainer",
@@ -54,6 +65,9 @@ __all__ = [
 LowerLoss = Callable[[Any], Tensor]
 UpperLoss = Callable[[Any, Mapping[str, Tensor] | None], Tensor]
 Phase = Literal["lower", "upper"]
+AutocastDType = Literal["bfloat16", "float16"]
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_REDUCED = frozenset(AUTOCAST_DTYPES.values())
 
 
 @dataclass
@@ -85,6 +99,10 @@ class BiSSLConfig:
     # Log the relative CG residual ‖(I + H/(λ+δ))x − v‖/‖v‖ every this many upper steps (0: never).
     # It costs one more Hessian-vector product on those steps.
     residual_every: int = 0
+    # Mixed precision of the lower and upper losses' forward passes: None (float32), "bfloat16"
+    # or "float16" (one GradScaler per level). The implicit-gradient products, parameters,
+    # gradients and optimiser states stay float32 (BilevelStep).
+    autocast: AutocastDType | None = None
 
     def __post_init__(self) -> None:
         bad = [
@@ -96,6 +114,10 @@ class BiSSLConfig:
             bad.append(f"residual_every={self.residual_every!r} (must be >= 0)")
         if self.lam + self.damping <= 0:
             bad.append(f"lam + damping = {self.lam + self.damping} (must be > 0)")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            bad.append(
+                f"autocast={self.autocast!r} (None for float32, or one of {list(AUTOCAST_DTYPES)})"
+            )
         if bad:
             raise ValueError(f"invalid BiSSLConfig: {', '.join(bad)}")
 
@@ -166,6 +188,14 @@ class BilevelStep:
     BatchNorm: the upper model is evaluated twice per upper step, in train mode (batch
     statistics). The pass with θ_U updates its running statistics as fine-tuning would; the pass
     with θ_L substituted leaves them exactly unchanged (:func:`restored_buffers`).
+
+    Mixed precision (``config.autocast``): each level's loss forward passes run under
+    ``torch.autocast`` on the parameters' device type; backward passes, the solve and the
+    optimiser steps run outside it. With ``"float16"`` each level has its own
+    ``torch.amp.GradScaler`` (``lower_scaler``, ``upper_scaler``): the levels' losses and
+    gradients differ by orders of magnitude, so one shared scale would be wrong for one of them.
+    A step whose gradients overflow is skipped by the scaler (the counters and learning-rate
+    schedules still advance, as with ``GradScaler`` anywhere).
     """
 
     def __init__(
@@ -206,6 +236,14 @@ class BilevelStep:
         self.lower_optimizer, self.upper_optimizer = lower_optimizer, upper_optimizer
         self.lower_scheduler, self.upper_scheduler = lower_scheduler, upper_scheduler
 
+        first = next(iter(lower_backbone.parameters()), None)
+        self.device_type = first.device.type if first is not None else "cpu"
+        self.lower_scaler: torch.amp.GradScaler | None = None
+        self.upper_scaler: torch.amp.GradScaler | None = None
+        if cfg.autocast == "float16":
+            self.lower_scaler = torch.amp.GradScaler(self.device_type)
+            self.upper_scaler = torch.amp.GradScaler(self.device_type)
+
         backbone_params = dict(lower_backbone.named_parameters())
         upper_params = dict(upper_model.named_parameters())
         self.lower_backbone_params = [backbone_params[n] for n in self.correspondence.lower_names]
@@ -239,6 +277,22 @@ class BilevelStep:
                 f"build it over all of them"
             )
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The mixed-precision context of the losses' forward passes (a no-op for float32)."""
+        if self.config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.config.autocast])
+
+    @staticmethod
+    def _optimizer_step(
+        optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+    ) -> None:
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.step(optimizer)  # skipped if unscale_ found an inf/NaN gradient
+        scaler.update()
+
     def _clip(self, params: list[Tensor]) -> Tensor:
         """Clip to the level's norm and return the norm before clipping (no host sync)."""
         max_norm = self.config.grad_clip_norm
@@ -255,13 +309,20 @@ class BilevelStep:
     def lower_step(self, batch: Any) -> dict[str, Tensor]:
         """Minimise L_P(θ_L, φ_P) + (λ/2)||θ_L − θ_U||² by one optimiser step, θ_U fixed."""
         cfg = self.config
+        scaler = self.lower_scaler
         self.lower_optimizer.zero_grad(set_to_none=True)
-        pretext_loss = self.lower_loss(batch)
+        with self.autocast():
+            pretext_loss = self.lower_loss(batch)
+        # float32, outside autocast: θ_L − θ_U is a difference of nearly equal parameters
         proximal = sum(
             torch.sum((lo - up.detach()) ** 2)
             for lo, up in zip(self.lower_backbone_params, self.upper_backbone_params, strict=True)
         )
-        (pretext_loss + 0.5 * cfg.lam * proximal).backward()
+        # a loss returned in bf16/fp16 is summed (and scaled) in float32; float64 stays float64
+        total = (
+            pretext_loss.float() if pretext_loss.dtype in _REDUCED else pretext_loss
+        ) + 0.5 * cfg.lam * proximal
+        (total if scaler is None else scaler.scale(total)).backward()
         trained = self.lower_backbone_params + (
             self.pretext_head_params if cfg.train_pretext_head else []
         )
@@ -272,20 +333,25 @@ class BilevelStep:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         all_reduce_mean_([p.grad for p in trained])
+        if scaler is not None:  # clip the true gradients; unscale_ also records an overflow
+            scaler.unscale_(self.lower_optimizer)
         grad_norm = self._clip(trained)
-        self.lower_optimizer.step()
+        self._optimizer_step(self.lower_optimizer, scaler)
         if self.lower_scheduler is not None:
             self.lower_scheduler.step()
         if self.after_lower_update is not None:
             self.after_lower_update(self.lower_updates)
         self.lower_updates += 1
-        return {
+        metrics = {
             "lower/pretext_loss": pretext_loss.detach(),
             "lower/proximal": proximal.detach()
             if isinstance(proximal, Tensor)
             else torch.zeros(()),
             "lower/grad_norm": grad_norm.detach(),
         }
+        if scaler is not None:
+            metrics["lower/loss_scale"] = torch.tensor(scaler.get_scale())
+        return metrics
 
     def upper_step(self, batch: Any, hessian_batch: Any) -> dict[str, Tensor]:
         """One upper update of θ_U and φ_D with the gradients of SPEC §2 (θ_L fixed).
@@ -293,14 +359,32 @@ class BilevelStep:
         backbone:  (I + H/(λ+δ))⁻¹ ∇_θ L_D(θ_L, φ_D) + ∇_θ L_D(θ_U, φ_D)
         head:      ∇_φ L_D(θ_L, φ_D) + ∇_φ L_D(θ_U, φ_D)
         H is the Hessian of L_P on ``hessian_batch`` w.r.t. θ_L only (φ_P fixed, paper App. A).
+
+        fp16 loss scaling through the implicit gradient is sound, so fp16 is supported rather
+        than refused. The right-hand side is then v_s = s·v (s the upper scaler's scale) and is
+        solved as is, unscaled afterwards with the other gradients by ``GradScaler.unscale_``:
+        (1) the products are float32 (autocast is disabled inside the solver) and linear in their
+        argument, so s only multiplies the vectors, far from float32's range limits; (2) K-step
+        CG, MINRES and the recycled solver are homogeneous of degree one in v (each iterate is a
+        combination of Krylov vectors of A and v whose coefficients scale with v), and the warm
+        start's least-squares combination is invariant to the scale of either solution, so
+        x(s·v) = s·x(v); with s a power of two (GradScaler's scales are) the float32 arithmetic
+        commutes with the scaling too. What fp16 can break is the backward of the upper loss
+        (overflow to inf): a non-finite v is then not solved (it would poison the warm start and
+        the recycled subspace); it is passed on so that the scaler skips the step and backs off.
         """
         cfg = self.config
+        scaler = self.upper_scaler
         theta_u, theta_l = self.upper_backbone_params, self.lower_backbone_params
         head = self.downstream_head_params
         n_backbone = len(theta_u)
 
-        classic_loss = self.upper_loss(batch, None)
-        grads = gradients(classic_loss, theta_u + head)
+        def scaled(loss: Tensor) -> Tensor:
+            return loss if scaler is None else scaler.scale(loss)
+
+        with self.autocast():
+            classic_loss = self.upper_loss(batch, None)
+        grads = gradients(scaled(classic_loss), theta_u + head)
         backbone_grad, head_grad = grads[:n_backbone], grads[n_backbone:]
         metrics = {"upper/loss": classic_loss.detach()}
 
@@ -311,21 +395,23 @@ class BilevelStep:
             # Restored after the backward: BatchNorm's autograd node holds the running
             # statistics it updated in place, and checks they were not changed since.
             with restored_buffers(self.upper_model):
-                implicit_loss = self.upper_loss(batch, substituted)
-                implicit = gradients(implicit_loss, theta_l + head)
+                with self.autocast():
+                    implicit_loss = self.upper_loss(batch, substituted)
+                implicit = gradients(scaled(implicit_loss), theta_l + head)
             lower_grad = implicit[:n_backbone]
             head_grad = [a + b for a, b in zip(head_grad, implicit[n_backbone:], strict=True)]
             # One collective for everything; the CG right-hand side must be the rank average.
             all_reduce_mean_(backbone_grad + head_grad + lower_grad)
-            one_shot = not self.implicit_solver.active  # called outside begin/end_upper_stage
-            if one_shot:
-                self.begin_upper_stage(hessian_batch)
-            try:
-                ij_product = self.implicit_solver.solve(lower_grad)
-            finally:
-                if one_shot:
-                    self.end_upper_stage()
-            if cfg.residual_every and self.upper_updates % cfg.residual_every == 0:
+            # fp16 only: one host sync (GradScaler.step makes one anyway); identical on all ranks
+            # since the right-hand side was averaged (an inf or NaN anywhere reaches every rank)
+            solvable = scaler is None or bool(
+                torch.stack([torch.isfinite(g).all() for g in lower_grad]).all()
+            )
+            if solvable:
+                ij_product = self._solve(lower_grad, hessian_batch)
+            else:  # the overflow reaches the upper gradient, unscale_ sees it, the step is skipped
+                ij_product = lower_grad
+            if solvable and cfg.residual_every and self.upper_updates % cfg.residual_every == 0:
                 metrics["upper/cg_relative_residual"] = self.relative_residual(
                     hessian_batch, ij_product, lower_grad
                 )
@@ -335,12 +421,27 @@ class BilevelStep:
         self.upper_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(theta_u + head, backbone_grad + head_grad, strict=True):
             p.grad = g
+        if scaler is not None:  # clip the true gradients; unscale_ also records an overflow
+            scaler.unscale_(self.upper_optimizer)
         metrics["upper/grad_norm"] = self._clip(theta_u + head).detach()
-        self.upper_optimizer.step()
+        self._optimizer_step(self.upper_optimizer, scaler)
         if self.upper_scheduler is not None:
             self.upper_scheduler.step()
         self.upper_updates += 1
+        if scaler is not None:
+            metrics["upper/loss_scale"] = torch.tensor(scaler.get_scale())
         return metrics
+
+    def _solve(self, rhs: list[Tensor], hessian_batch: Any) -> list[Tensor]:
+        """(I + H/(λ+δ))⁻¹ rhs with the stage's solver (a one-shot stage outside one)."""
+        one_shot = not self.implicit_solver.active  # called outside begin/end_upper_stage
+        if one_shot:
+            self.begin_upper_stage(hessian_batch)
+        try:
+            return self.implicit_solver.solve(rhs)
+        finally:
+            if one_shot:
+                self.end_upper_stage()
 
     def begin_upper_stage(self, hessian_batch: Any) -> None:
         """θ_L and the Hessian batch are fixed from here until :meth:`end_upper_stage`: build the
@@ -378,7 +479,8 @@ class BilevelStep:
         return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).detach()
 
     def state_dict(self, include_optimizers: bool = True) -> dict[str, Any]:
-        """Optimisers (unless a framework saves them itself), schedulers and update counters."""
+        """Optimisers (unless a framework saves them itself), schedulers, update counters and,
+        with fp16, the two GradScalers (their scale and growth tracker: plain numbers)."""
         state: dict[str, Any] = {
             "lower_updates": self.lower_updates,
             "upper_updates": self.upper_updates,
@@ -390,15 +492,28 @@ class BilevelStep:
             state["lower_scheduler"] = self.lower_scheduler.state_dict()
         if self.upper_scheduler is not None:
             state["upper_scheduler"] = self.upper_scheduler.state_dict()
+        for name in ("lower_scaler", "upper_scaler"):
+            scaler = getattr(self, name)
+            if scaler is not None:
+                state[name] = scaler.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`; optimisers are loaded only when the state holds them."""
+        """Inverse of :meth:`state_dict`; optimisers are loaded only when the state holds them.
+
+        A GradScaler's state is loaded when both the state and this step have it. Precision may
+        change on resume: a run resumed in fp16 from a float32/bf16 checkpoint starts at the
+        scaler's initial scale, and a saved scale is ignored by a run without fp16.
+        """
         if "lower_optimizer" in state:
             self.lower_optimizer.load_state_dict(state["lower_optimizer"])
             self.upper_optimizer.load_state_dict(state["upper_optimizer"])
         self.lower_updates = int(state.get("lower_updates", 0))
         self.upper_updates = int(state.get("upper_updates", 0))
+        for name in ("lower_scaler", "upper_scaler"):
+            scaler = getattr(self, name)
+            if scaler is not None and name in state:
+                scaler.load_state_dict(dict(state[name]))
         for name in ("lower_scheduler", "upper_scheduler"):
             scheduler = getattr(self, name)
             if (scheduler is None) != (name not in state):

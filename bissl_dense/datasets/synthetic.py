@@ -30,17 +30,16 @@ import argparse
 import json
 import math
 import os
-import secrets
-import shutil
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from bissl_dense.fileio import staged_directory
 
 __all__ = [
     "CITYSCAPES_LABELS",
@@ -293,27 +292,6 @@ def _single_object_image(rng: np.random.Generator, size: int, label: int) -> np.
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _staged(root: Path) -> Iterator[Path]:
-    """Yield a hidden staging directory beside ``root``; rename it to ``root`` on success."""
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"output directory {root} already exists and is not empty; remove it or choose "
-            "another --out (the generator never writes into or over existing data)"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        yield staging
-        if root.exists():
-            root.rmdir()  # empty, checked above
-        staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def _check_count(name: str, value: int, minimum: int, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
@@ -394,7 +372,7 @@ def write_imagefolder(
             )
     root = Path(root)
     counts: dict[str, dict[str, int]] = {}
-    with _staged(root) as staging:
+    with staged_directory(root) as staging:
         index = 0
         for split, count in sizes.items():
             counts[split] = {}
@@ -432,7 +410,7 @@ def write_unlabeled(
     if num_classes > MAX_SYNTHETIC_CLASSES:
         raise ValueError(f"num_classes={num_classes} exceeds {MAX_SYNTHETIC_CLASSES}")
     root = Path(root)
-    with _staged(root) as staging:
+    with staged_directory(root) as staging:
         for index in range(n):
             image = _single_object_image(
                 _rng(seed, "unlabeled", 0, index), size, index % num_classes
@@ -611,7 +589,7 @@ def write_voc(
     images: dict[str, dict[str, Any]] = {}
     counts: dict[str, dict[str, int]] = {}
 
-    with _staged(root) as staging:
+    with staged_directory(root) as staging:
         for year in ("2007", "2012"):
             kind = f"voc{year}"
             base = staging / "VOCdevkit" / f"VOC{year}"
@@ -935,7 +913,7 @@ def write_cityscapes(
     }
     counts: dict[str, int] = {}
     pixel_counts: dict[str, list[int]] = {}
-    with _staged(root) as staging:
+    with staged_directory(root) as staging:
         index = 0
         for split, (count, cities) in splits.items():
             histogram = np.zeros(256, dtype=np.int64)

@@ -44,6 +44,8 @@ def add_bissl_config(cfg: CN) -> CN:
     cfg.BISSL.UPPER_STEPS = 8
     cfg.BISSL.DISCARD_IJ = False
     cfg.BISSL.GRAD_CLIP = 10.0
+    # mixed precision of both levels' loss forward passes: "" (float32), "bfloat16", "float16"
+    cfg.BISSL.AUTOCAST = ""
     cfg.BISSL.LOWER_LR = 1.0
     cfg.BISSL.LOWER_WEIGHT_DECAY = 1e-6
     cfg.BISSL.LOWER_IMS_PER_BATCH = 1024

@@ -36,6 +36,7 @@ from bissl_dense.stage import SeededDataset, batch_source
 __all__ = [
     "VOC_SPLITS",
     "PretextImageList",
+    "check_voc_data",
     "lower_batch_source",
     "register_voc",
     "resolve_voc_root",
@@ -62,10 +63,40 @@ def resolve_voc_root(root: str | os.PathLike[str]) -> Path:
         if (candidate / "VOC2007" / "Annotations").is_dir():
             return candidate
     raise DataError(
-        f"DATASETS.VOC_ROOT={str(root)!r}: no VOC2007/Annotations under it or under its "
-        "VOCdevkit/. Point it at the folder that holds VOC2007/ and VOC2012/ (the real layout; "
-        "`python -m bissl_dense.datasets.synthetic --kind voc` writes one)."
+        f"DATASETS.VOC_ROOT={str(root)!r}: no VOC2007/Annotations in {path.resolve()} or its "
+        "VOCdevkit/. Set DATASETS.VOC_ROOT (config key or trailing override `DATASETS.VOC_ROOT "
+        "/path`) to the folder that holds VOC2007/ and VOC2012/, or set it to '' to use "
+        "detectron2's $DETECTRON2_DATASETS (`python -m bissl_dense.datasets.synthetic --kind voc` "
+        "writes the real layout)."
     )
+
+
+def check_voc_data(cfg: CfgNode) -> None:
+    """Fail at once, in one line, when the VOC folders that ``cfg``'s data sets need are missing.
+
+    ``tools/train_net.py`` calls this in the launching process, before any worker starts: the
+    same error raised in N workers would end in N tracebacks. With ``DATASETS.VOC_ROOT`` empty,
+    detectron2's built-in ``voc_*`` sets read ``$DETECTRON2_DATASETS/VOC20xx`` (its default
+    ``datasets``, detectron2/data/datasets/builtin.py).
+    """
+    names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    years = sorted({folder for name, folder, _ in VOC_SPLITS if name in names})
+    if cfg.DATASETS.VOC_ROOT:
+        base = resolve_voc_root(cfg.DATASETS.VOC_ROOT)
+        where = f"DATASETS.VOC_ROOT={cfg.DATASETS.VOC_ROOT!r}"
+    else:
+        base = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
+        where = (
+            "DATASETS.VOC_ROOT is empty, so detectron2 reads $DETECTRON2_DATASETS="
+            f"{os.environ.get('DETECTRON2_DATASETS', '(unset: datasets)')!r}"
+        )
+    for folder in years:
+        if not (base / folder / "Annotations").is_dir():
+            raise DataError(
+                f"{where}: missing {(base / folder / 'Annotations').resolve()} (needed by "
+                f"{', '.join(n for n in names if folder[3:] in n)}). Set DATASETS.VOC_ROOT or "
+                "DETECTRON2_DATASETS to the folder that holds VOC2007/ and VOC2012/."
+            )
 
 
 def register_voc(root: str | os.PathLike[str]) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "parse_args", "run", "setup"]
+__all__ = ["main", "parse_args", "preflight", "run", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ def setup(args: argparse.Namespace) -> Any:
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """The config and data checks, once in the launching process before any worker starts.
+
+    A missing data folder or a bad key then ends in one ``train_net: error:`` line instead of a
+    traceback from each of the ``--num-gpus`` workers (``launch`` re-raises theirs).
+    """
+    from bissl_dense.detection.config import load_config
+    from bissl_dense.detection.data import check_voc_data
+
+    check_voc_data(load_config(args.config_file, args.opts))
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -111,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
+        preflight(args)
         launch(
             run,
             args.num_gpus,

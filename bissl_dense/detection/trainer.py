@@ -79,6 +79,7 @@ def bissl_config_of(cfg: CfgNode) -> BiSSLConfig:
         alternations=int(b.ALTERNATIONS),
         lower_steps=int(b.LOWER_STEPS),
         upper_steps=int(b.UPPER_STEPS),
+        autocast=str(b.AUTOCAST) or None,  # type: ignore[arg-type]
     )
 
 

@@ -12,6 +12,14 @@ The config names three things, and the loop wires them through :mod:`bissl_dense
   ``pretext_dataloader`` (pretext images): the
   :class:`~bissl_dense.core.BiSSLConfig` numbers and the two data sources.
 
+Mixed precision is ``train_cfg.bissl.autocast`` (``None``, ``"bfloat16"`` or ``"float16"``): the
+core autocasts both levels' loss forward passes, keeps the implicit-gradient products, weights and
+optimiser states float32, and with fp16 keeps one GradScaler per level whose state goes into the
+checkpoints' ``"bissl"`` entry. The level wrappers stay plain ``OptimWrapper``s (the core drives
+their optimisers directly, so an ``AmpOptimWrapper`` there would have no effect and is refused).
+Channels-last is ``channels_last=True`` on the backbone configs (``model.pretext.backbone``,
+``model.task.backbone``).
+
 Each level's learning rate follows its own schedule in its own steps (SPEC §3); the schedulers
 live in the core's ``BilevelStep``, and their state, the step counters, the held Hessian batch and
 the random generators go into every checkpoint under ``"bissl"`` (tensors and plain types, read
@@ -152,10 +160,19 @@ class BiSSLOptimWrapperConstructor:
                 f"optim_wrapper needs the keys 'lower' and 'upper'; missing {missing}"
             )
         for level in ("lower", "upper"):
-            if optim_wrapper_cfg[level].get("clip_grad"):
+            level_cfg = optim_wrapper_cfg[level]
+            if level_cfg.get("clip_grad"):
                 raise ConfigError(
                     f"optim_wrapper.{level}.clip_grad: BiSSL clips each level itself "
                     "(train_cfg.bissl.grad_clip_norm); remove clip_grad"
+                )
+            wrapper_type = level_cfg.get("type", "OptimWrapper")
+            if wrapper_type == "AmpOptimWrapper" or level_cfg.get("dtype") is not None:
+                raise ConfigError(
+                    f"optim_wrapper.{level}: type={wrapper_type!r}, dtype="
+                    f"{level_cfg.get('dtype')!r} has no effect in the BiSSL stage (its loop steps "
+                    "the optimisers itself); set train_cfg.bissl.autocast='bfloat16' or "
+                    "'float16' instead and keep the level wrappers plain"
                 )
         self.cfg = optim_wrapper_cfg
 
@@ -255,7 +272,7 @@ class BiSSLLoop(BaseLoop):
         self.val_interval = int(val_interval)
         try:
             self.config = BiSSLConfig(**dict(bissl))
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ConfigError(f"train_cfg.bissl: {error}") from error
         if pretext_dataloader is None:
             pretext_dataloader = runner.cfg.get("pretext_dataloader")

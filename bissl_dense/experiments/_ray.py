@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from bissl_dense.experiments.progress import Progress
 from bissl_dense.experiments.search import RayOptions
 from bissl_dense.experiments.trial import Trainable, run_trial
 
-__all__ = ["run_trials"]
+__all__ = ["ray_session", "run_trials"]
 
 
 class _LedgerCallback(tune.Callback):
@@ -72,6 +73,25 @@ def _init_ray(address: str | None, num_cpus: int | None, object_store_memory: in
     return True
 
 
+@contextmanager
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> Iterator[None]:
+    """Ray connected for the block: one start for several searches (each start costs seconds).
+
+    Searches inside the block reuse this Ray; it is shut down at the end only if the block
+    started it.
+    """
+    started = _init_ray(address, num_cpus, object_store_memory)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _resources(requested: Mapping[str, float] | None, local: bool) -> dict[str, float]:
     cluster = ray.cluster_resources()
     if requested is None:
@@ -100,8 +120,7 @@ def run_trials(
 ) -> list[tuple[str, str]]:
     """Run ``jobs`` (key → config) on Ray Tune; return (key, error) of the trials that failed."""
     address = options.address
-    started = _init_ray(address, options.num_cpus, options.object_store_memory)
-    try:
+    with ray_session(address, options.num_cpus, options.object_store_memory):
         resources = _resources(options.resources_per_trial, local=address is None)
         cluster = ray.cluster_resources()
         log(
@@ -137,6 +156,3 @@ def run_trials(
             for result in grid
             if result.error is not None
         ]
-    finally:
-        if started:
-            ray.shutdown()

@@ -14,12 +14,18 @@ preparation run once before the search:
 ``linear_probe``          the pretext backbone frozen (``model.freeze_backbone=True``)
 ``zero_head``             the pretext backbone, zero-initialised head (``model.zero_init_head``)
 ``noisytune``             the pretext backbone perturbed once by NoisyTune (``noisytune_``)
+``weighted_sum``          head warm-up → (1−w)·L_P + w·L_D for T·N_U steps → its backbone
+                          (``--weighted-sum-config``, w from it; App. B.9.4)
+``weighted_sum_<w>``      the same with ``train_cfg.w=<w>`` (a w sweep, like ``lambda_<v>``)
+``data_mix``              continued pretext training on pretext + downstream training images
+                          for T·N_L steps → its backbone (``--data-mix-config``; App. B.9.3)
 ========================  ===================================================================
 
 Preparations are resumable: a stage whose export exists is skipped; one that was killed is
-resumed from its last checkpoint (``stages.run_stage``). The BiSSL variants share one head
-warm-up. Not provided (SPEC §6): continued pretext training on mixed data (``data_mix``) and the
-weighted sum (1−w)·L_P + w·L_D (``weighted_sum``); asking for them is a clear error.
+resumed from its last checkpoint (``stages.run_stage``). The BiSSL variants and the weighted
+sums share one head warm-up. The weighted-sum and data-mix configs inherit the BiSSL config
+(:mod:`bissl_dense.baselines`), so ``--bissl-options`` (data roots, T, N_L, N_U) apply to them
+too.
 """
 
 from __future__ import annotations
@@ -42,9 +48,10 @@ __all__ = [
     "bissl_overrides",
     "parse_arms",
     "prepare_arm",
+    "weighted_sum_overrides",
 ]
 
-#: Arms with a fixed name; ``lambda_<value>`` arms come on top.
+#: Arms with a fixed name; ``lambda_<value>`` and ``weighted_sum_<w>`` arms come on top.
 ARM_NAMES = (
     "ft",
     "bissl",
@@ -54,12 +61,13 @@ ARM_NAMES = (
     "linear_probe",
     "zero_head",
     "noisytune",
+    "weighted_sum",
+    "data_mix",
 )
-_NOT_PROVIDED = {
-    "data_mix": "continued pretext training on pretext + downstream images",
-    "weighted_sum": "the weighted sum (1-w)·L_P + w·L_D",
-}
 _LAMBDA = re.compile(r"^lambda_(.+)$")
+_WEIGHTED_SUM = re.compile(r"^weighted_sum(?:_(.+))?$")
+#: The single-level baselines (bissl_dense.baselines): kind → the ArmInputs field of its config.
+_SINGLE_LEVEL = {"weighted_sum": "weighted_sum_config", "data_mix": "data_mix_config"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,9 @@ class ArmInputs:
     head: Path | None = None
     warmup_config: Path | None = None
     bissl_config: Path | None = None
+    #: configs inheriting the BiSSL config (``bissl_dense.baselines``)
+    weighted_sum_config: Path | None = None
+    data_mix_config: Path | None = None
     #: overrides of every stage (e.g. data roots), and of each stage kind
     common_options: Mapping[str, Any] = field(default_factory=dict)
     finetune_options: Mapping[str, Any] = field(default_factory=dict)
@@ -110,6 +121,18 @@ def bissl_overrides(name: str) -> dict[str, Any] | None:
     return None
 
 
+def weighted_sum_overrides(name: str) -> dict[str, Any] | None:
+    """The options of a weighted-sum arm (``weighted_sum``, ``weighted_sum_<w>``), else None."""
+    match = _WEIGHTED_SUM.match(name)
+    if match is None:
+        return None
+    if match.group(1) is None:
+        return {}
+    from bissl_dense.baselines.weighted_sum import check_w
+
+    return {"train_cfg.w": check_w(match.group(1), f"arm {name!r}: w (weighted_sum_0.5)")}
+
+
 def parse_arms(text: str) -> list[str]:
     """``"ft,bissl,lambda_0.01"`` → the arm names, checked (unknown names are one clear error)."""
     names = [part.strip() for part in text.split(",") if part.strip()]
@@ -118,13 +141,12 @@ def parse_arms(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--arms names an arm twice: {names}")
     for name in names:
-        if name in _NOT_PROVIDED:
+        if name in ARM_NAMES or bissl_overrides(name) is not None:
+            continue
+        if weighted_sum_overrides(name) is None:
             raise ConfigError(
-                f"arm {name!r} ({_NOT_PROVIDED[name]}) is not implemented in this version"
-            )
-        if name not in ARM_NAMES and bissl_overrides(name) is None:
-            raise ConfigError(
-                f"unknown arm {name!r}; choose from {', '.join(ARM_NAMES)} or lambda_<value>"
+                f"unknown arm {name!r}; choose from {', '.join(ARM_NAMES)}, lambda_<value> or "
+                "weighted_sum_<w>"
             )
     return names
 
@@ -180,6 +202,38 @@ def _bissl(
     return exported, work_dir
 
 
+def _single_level(name: str, inputs: ArmInputs, root: Path, log: Callable[[str], None]) -> Path:
+    """Run the weighted-sum or data-mix stage of arm ``name`` once; its exported backbone."""
+    ws_overrides = weighted_sum_overrides(name)
+    kind = "data_mix" if ws_overrides is None else "weighted_sum"
+    flag = "--" + _SINGLE_LEVEL[kind].replace("_", "-")
+    config = getattr(inputs, _SINGLE_LEVEL[kind])
+    if config is None or inputs.head is None:
+        raise ConfigError(
+            f"arm {name!r} needs {flag} (a config inheriting the BiSSL config, e.g. "
+            f"configs/classification/{kind}_simclr_resnet18_synthetic.py) and --head"
+        )
+    work_dir = root / name
+    exported = work_dir / "export" / f"{kind}_backbone.pth"
+    if exported.is_file():
+        log(f"[prepare] {name}: {kind} done before: {exported}")
+        return exported
+    options = {
+        **inputs.common_options,
+        **inputs.bissl_options,
+        "model.pretext.backbone_checkpoint": str(inputs.backbone),
+        "model.pretext.head_checkpoint": str(inputs.head),
+    }
+    if ws_overrides is not None:  # starts like BiSSL: from the warmed-up downstream head
+        options["model.task.head_checkpoint"] = str(_warmup(inputs, root, log))
+        options.update(ws_overrides)
+    log(f"[prepare] {name}: {kind} → {work_dir}")
+    run_stage(config, work_dir, options)
+    if not exported.is_file():
+        raise FileNotFoundError(f"the {kind} stage finished without writing '{exported}'")
+    return exported
+
+
 def _noisy_backbone(inputs: ArmInputs, root: Path, log: Callable[[str], None]) -> Path:
     """Perturb the pretext backbone once (NoisyTune, SPEC §6) and write it next to the arm."""
     import torch
@@ -227,5 +281,8 @@ def prepare_arm(
     if name == "noisytune":
         noisy = _noisy_backbone(inputs, root, log)
         return PreparedArm(name, {**options, "model.backbone_checkpoint": str(noisy)})
-    parse_arms(name)  # raises the clear error for unknown / not provided arms
+    if name == "data_mix" or weighted_sum_overrides(name) is not None:
+        exported = _single_level(name, inputs, root, log)
+        return PreparedArm(name, {**options, "model.backbone_checkpoint": str(exported)})
+    parse_arms(name)  # raises the clear error for unknown arms
     raise AssertionError(f"arm {name!r} has no preparation")  # pragma: no cover

@@ -10,7 +10,8 @@ Task-agnostic: the runner only runs configs and reads ``results.json``; the metr
 the test score under each run's own ``selection_metric`` (reported by the trials as ``test``;
 the search selects on ``val``, the best validation score).
 
-Layout of ``--work-dir D``: ``D/prepare/`` (warm-up, BiSSL runs, NoisyTune backbone),
+Layout of ``--work-dir D``: ``D/prepare/`` (warm-up, BiSSL, weighted-sum and data-mix runs,
+NoisyTune backbone),
 ``D/arms/<arm>/{search,seeds}/`` (ledgers, one work directory per trial), ``D/report/``.
 """
 
@@ -27,7 +28,7 @@ from bissl_dense.experiments.arms import ArmInputs, parse_arms, prepare_arm
 from bissl_dense.experiments.progress import format_duration, print_line
 from bissl_dense.experiments.stages import finetune_trial
 
-__all__ = ["add_compare_parser", "run_compare"]
+__all__ = ["add_compare_parser", "arm_inputs", "run_compare"]
 
 
 def _logged_both_levels(work_dir: Path) -> bool:
@@ -52,6 +53,7 @@ def run_compare(
     num_cpus: int | None = None,
     max_concurrent_trials: int | None = None,
     search_seed: int = 0,
+    reuse_actors: bool = False,
     title: str | None = None,
     log: Callable[[str], None] = print_line,
 ) -> Path:
@@ -97,6 +99,7 @@ def run_compare(
             address=address,
             num_cpus=num_cpus,
             max_concurrent_trials=max_concurrent_trials,
+            reuse_actors=reuse_actors,
             log=log,
         )
     selection = {
@@ -133,25 +136,33 @@ def _seeds(text: str) -> list[int]:
     return list(range(count))
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from bissl_dense.cli import _run_guarded  # one-line messages for UserError, exit status 2
+def arm_inputs(args: argparse.Namespace) -> ArmInputs:
+    """The :class:`ArmInputs` of parsed ``bissl compare`` arguments (paths made absolute)."""
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value).resolve()
 
+    return ArmInputs(
+        finetune_config=path(args.task_config),
+        backbone=path(args.backbone),
+        head=path(args.head),
+        warmup_config=path(args.warmup_config),
+        bissl_config=path(args.bissl_config),
+        weighted_sum_config=path(args.weighted_sum_config),
+        data_mix_config=path(args.data_mix_config),
+        common_options=dict(args.cfg_options),
+        finetune_options=dict(args.finetune_options),
+        warmup_options=dict(args.warmup_options),
+        bissl_options=dict(args.bissl_options),
+        noisytune_scale=args.noisytune_scale,
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bissl_dense.cli import _run_guarded  # one-line messages for UserError, exit status 2
+
     def run(_: object) -> None:
-        inputs = ArmInputs(
-            finetune_config=path(args.task_config),
-            backbone=path(args.backbone),
-            head=path(args.head),
-            warmup_config=path(args.warmup_config),
-            bissl_config=path(args.bissl_config),
-            common_options=dict(args.cfg_options),
-            finetune_options=dict(args.finetune_options),
-            warmup_options=dict(args.warmup_options),
-            bissl_options=dict(args.bissl_options),
-            noisytune_scale=args.noisytune_scale,
-        )
+        inputs = arm_inputs(args)
         resources = None
         if args.gpus_per_trial is not None:
             resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
@@ -166,6 +177,7 @@ def _compare(args: argparse.Namespace) -> int:
             resources_per_trial=resources,
             num_cpus=args.num_cpus,
             max_concurrent_trials=args.max_concurrent_trials,
+            reuse_actors=args.reuse_actors,
         )
 
     return _run_guarded("compare", lambda: None, run)
@@ -188,12 +200,20 @@ def add_compare_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--head", help="pretext head file (BiSSL arms)")
     parser.add_argument("--warmup-config", help="head warm-up config (BiSSL arms)")
     parser.add_argument("--bissl-config", help="BiSSL config (BiSSL arms)")
+    parser.add_argument(
+        "--weighted-sum-config",
+        help="weighted-sum config inheriting the BiSSL config (weighted_sum arms)",
+    )
+    parser.add_argument(
+        "--data-mix-config", help="data-mix config inheriting the BiSSL config (data_mix arm)"
+    )
     parser.add_argument("--work-dir", required=True, help="output directory (resumable)")
     parser.add_argument(
         "--arms",
         default="ft,bissl",
         help="comma-separated: ft bissl ij_discarded nu1 lambda_<value> random_init "
-        "linear_probe zero_head noisytune (default ft,bissl)",
+        "linear_probe zero_head noisytune weighted_sum weighted_sum_<w> data_mix "
+        "(default ft,bissl)",
     )
     parser.add_argument("--num-samples", type=int, default=100, help="search configurations")
     parser.add_argument("--seeds", type=_seeds, default=list(range(10)), help="number of seeds")
@@ -204,11 +224,17 @@ def add_compare_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-trial", type=float, help="default 1 when there are GPUs")
     parser.add_argument("--max-concurrent-trials", type=int)
     parser.add_argument("--noisytune-scale", type=float, default=0.15)
+    parser.add_argument(
+        "--reuse-actors",
+        action="store_true",
+        help="run several trials in one Ray worker process (saves each trial's start-up: "
+        "importing torch and building the registries; worth it for short trials)",
+    )
     for flag, what in (
         ("--cfg-options", "every stage"),
         ("--finetune-options", "the fine-tuning runs"),
         ("--warmup-options", "the head warm-up"),
-        ("--bissl-options", "the BiSSL runs"),
+        ("--bissl-options", "the BiSSL runs (and the weighted-sum and data-mix runs)"),
     ):
         parser.add_argument(
             flag, nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",

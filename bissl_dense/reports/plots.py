@@ -10,6 +10,11 @@ Scalar logs: mmengine's ``LocalVisBackend`` appends one JSON object per line to
 metrics after each validation). A resumed run starts a new ``<timestamp>`` directory, so a run's
 log is the concatenation of those files in time order, where a later file replaces the points
 an earlier one logged from the step it resumed at onwards.
+
+detectron2 runs log the same way to ``<OUTPUT_DIR>/metrics.json`` (its ``JSONWriter``: one JSON
+object per line with ``iteration`` instead of ``step``, appended to across resumes, so there a
+key's step going back marks the resume and the later lines replace the earlier ones from that
+step on); a work directory without mmengine logs is read from there.
 """
 
 from __future__ import annotations
@@ -69,13 +74,19 @@ def read_scalar_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def find_scalar_logs(work_dir: str | Path) -> list[Path]:
-    """``<work_dir>/<timestamp>/vis_data/scalars.json`` of every (re)start, oldest first."""
+    """``<work_dir>/<timestamp>/vis_data/scalars.json`` of every (re)start, oldest first.
+
+    Without any, detectron2's ``<work_dir>/metrics.json`` (one file over all restarts).
+    """
     work_dir = Path(work_dir)
     logs = sorted(work_dir.glob("*/vis_data/scalars.json"), key=lambda p: p.parent.parent.name)
+    if not logs and (work_dir / "metrics.json").is_file():
+        logs = [work_dir / "metrics.json"]
     if not logs:
         raise FileNotFoundError(
-            f"no mmengine scalar log under {work_dir} (expected <timestamp>/vis_data/scalars.json;"
-            " is this the run's work_dir, and does its visualizer use LocalVisBackend?)"
+            f"no scalar log under {work_dir} (expected mmengine's <timestamp>/vis_data/"
+            "scalars.json or detectron2's metrics.json; is this the run's work_dir / OUTPUT_DIR, "
+            "and does its visualizer use LocalVisBackend?)"
         )
     return logs
 
@@ -91,23 +102,27 @@ def load_scalar_series(
     wanted = set(keys) if keys is not None else None
     merged: dict[str, list[tuple[float, float]]] = {}
     for log in find_scalar_logs(work_dir):
-        this_file: dict[str, list[tuple[float, float]]] = {}
         for record in read_scalar_log(log):
-            step = record.get("step")
+            step = record.get("step", record.get("iteration"))  # mmengine / detectron2
             if step is None:
                 continue
             for key, value in record.items():
-                if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
+                if (
+                    key in ("step", "iteration")
+                    or isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                ):
                     continue
                 if wanted is not None and key not in wanted:
                     continue
                 if prefix is not None and not key.startswith(prefix):
                     continue
-                this_file.setdefault(key, []).append((float(step), float(value)))
-        for key, points in this_file.items():
-            resumed_at = min(step for step, _ in points)
-            kept = [p for p in merged.get(key, []) if p[0] < resumed_at]
-            merged[key] = kept + points
+                points = merged.setdefault(key, [])
+                # A step at or before the last one is a resumed run (a new mmengine file, or
+                # more lines appended to detectron2's one file): it replaces from there on.
+                if points and points[-1][0] >= step:
+                    points[:] = [p for p in points if p[0] < step]
+                points.append((float(step), float(value)))
     series = {}
     for key, points in merged.items():
         points.sort(key=lambda p: p[0])

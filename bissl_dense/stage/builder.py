@@ -10,11 +10,17 @@
 Each schedule counts the steps of its own level only: a lower step never advances the upper
 learning rate, and vice versa (:class:`~bissl_dense.core.BilevelStep` steps each scheduler
 after an update of its level).
+
+Channels-last (NHWC): a backbone built with ``channels_last=True`` (``model.pretext.backbone`` and,
+for classification, ``model.task.backbone``) stores its convolution weights NHWC; the losses
+built here then hand it NHWC images too (:func:`images_to_channels_last`), so the first
+convolution does not convert its input. Mixed precision is the core's
+(``BiSSLConfig.autocast``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,8 @@ __all__ = [
     "LevelOptimizers",
     "build_bilevel_step",
     "build_level_optimizers",
+    "images_to_channels_last",
+    "is_channels_last",
     "level_schedulers",
     "pretext_lower_loss",
 ]
@@ -117,17 +125,73 @@ def level_schedulers(
     return lower, upper
 
 
+def is_channels_last(params: Iterable[Tensor]) -> bool:
+    """Whether any convolution weight is stored NHWC (``build_backbone(channels_last=True)``).
+
+    Only a 4-D tensor with a spatial extent tells the formats apart: a 1×1 kernel is contiguous
+    in both.
+    """
+    return any(
+        p.dim() == 4
+        and not p.is_contiguous()
+        and p.is_contiguous(memory_format=torch.channels_last)
+        for p in params
+    )
+
+
+def images_to_channels_last(batch: Any) -> Any:
+    """``batch`` with every 4-D floating-point tensor (a batch of images) in NHWC memory format.
+
+    Containers are rebuilt as :func:`~bissl_dense.stage.data.move_to_device` does; other tensors
+    (labels, masks, uint8 images a data preprocessor normalises later) are left as they are.
+    """
+    if isinstance(batch, Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: images_to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(images_to_channels_last(v) for v in batch)
+    if isinstance(batch, list):
+        return [images_to_channels_last(v) for v in batch]
+    return batch
+
+
 def pretext_lower_loss(
-    pretext: PretextMethod, device: torch.device | str | None = None
+    pretext: PretextMethod,
+    device: torch.device | str | None = None,
+    channels_last: bool | None = None,
 ) -> Callable[[Any], Tensor]:
-    """L_P of a pretext batch (``{"inputs": [view1, view2]}`` or a pair of view tensors)."""
+    """L_P of a pretext batch (``{"inputs": [view1, view2]}`` or a pair of view tensors).
+
+    ``channels_last``: hand the backbone NHWC views; ``None`` follows the backbone's weights.
+    """
+    if channels_last is None:
+        channels_last = is_channels_last(pretext.backbone.parameters())
 
     def lower_loss(batch: Any) -> Tensor:
         inputs = batch["inputs"] if isinstance(batch, Mapping) else batch
-        view1, view2 = split_views(move_to_device(inputs, device))
+        inputs = move_to_device(inputs, device)
+        if channels_last:
+            inputs = images_to_channels_last(inputs)
+        view1, view2 = split_views(inputs)
         return pretext.pretext_loss(view1, view2)
 
     return lower_loss
+
+
+def channels_last_upper_loss(task: DownstreamTask) -> UpperLoss:
+    """The task's upper loss, fed NHWC images when its backbone (θ_U) is stored NHWC."""
+    named = dict(task.model.named_parameters())
+    if not is_channels_last(named[n] for n in task.correspondence.values() if n in named):
+        return task.upper_loss
+    inner = task.upper_loss
+
+    def upper_loss(batch: Any, backbone: Mapping[str, Tensor] | None) -> Tensor:
+        return inner(images_to_channels_last(batch), backbone)
+
+    return upper_loss
 
 
 def build_bilevel_step(
@@ -169,7 +233,7 @@ def build_bilevel_step(
         upper_model=task.model,
         correspondence=task.correspondence,
         lower_loss=pretext_lower_loss(pretext, device),
-        upper_loss=task.upper_loss,
+        upper_loss=channels_last_upper_loss(task),
         lower_optimizer=optimizers.lower,
         upper_optimizer=optimizers.upper,
         lower_scheduler=lower_scheduler,

@@ -36,3 +36,22 @@ def test_tiny_run_reports_consistent_figures(tmp_path: Path) -> None:
         "stage/exact",
         "stage/finite_difference",
     }
+
+
+def test_quality_only_run_after_pretraining_reports_the_solver_comparison() -> None:
+    """``--quality-only --pretrain-steps``: no timings; the pretraining lowered the SimCLR loss;
+    the same solver comparison as a full run (MINRES never above a residual of 1)."""
+    argv = ["--batch", "4", "--size", "16", "--iters", "2", "--upper-steps", "2"]
+    argv += ["--reference-iters", "4", "--quality-solves", "2", "--pretrain-steps", "3"]
+    result = implicit.main([*argv, "--quality-only"])
+    assert "median_seconds_per_upper_step" not in result
+    assert result["setup"]["pretrain_steps"] == 3 and result["setup"]["repeats"] == 0
+    first, last = result["setup"]["pretrain_loss_first_last"]
+    assert math.isfinite(first) and math.isfinite(last)
+    residuals = result["relative_residual"]
+    assert {"cg/global (stage/exact)", "cg/layerwise", "minres"} <= set(residuals)
+    assert residuals["minres"]["max"] <= 1.0 + 1e-4
+    assert set(result["upper_gradient_relative_error"]) == {
+        k for k, v in residuals.items() if isinstance(v, dict)
+    }
+    assert "cg/global (per_step/recompute)" not in residuals  # not run: only the stage's solves

@@ -141,11 +141,16 @@ def test_two_processes_make_the_one_process_upper_update(tmp_path: Path) -> None
 
     Nothing couples the samples of a batch here: GroupNorm in both models, one object per
     image, square images, every anchor and RoI sampled (no random subset; equal loss
-    normalisers per image). The comparison is on each tensor's update with a 2 % tolerance:
-    in float32 the detector's gradient on a batch of two images differs from the mean of its
-    per-image gradients by up to ~0.4 % (measured, single process, stem and res2: equal losses,
-    different subgradient routing), while a wiring fault (a missing average, a wrong shard, a
-    rank seeing the other's data) changes updates by tens of percent.
+    normalisers per image), and every random draw seeded (BiSSL.SEED for the models and the
+    RoI sampler's permutations, replayed per stage; per-sample seeds for the augmentations; the
+    loaders' own generators): repeated one-process runs on an unchanged tree gave
+    bit-identical weights.
+    What remains is float32 reduction order, compared per tensor: measured here (2026-11), the
+    lower (pretext) updates differ by at most 2.2e-5 of their norm and the detector's by at most
+    0.65 % (median 0.24 %; the detector's gradient on a batch of two images is not summed in the
+    order of the per-image gradients, and GroupNorm/ReLU subgradients amplify it in the stem and
+    res2-res3 norms). Tolerances 1e-4 and 1.5 %: a wiring fault (a missing average, a wrong
+    shard, a rank seeing the other's data) changes updates by tens of percent.
     """
     from bissl_dense.detection.model import build_detector
     from bissl_dense.detection.trainer import build_pretext
@@ -173,7 +178,7 @@ def test_two_processes_make_the_one_process_upper_update(tmp_path: Path) -> None
     detector = build_detector(cfg)
     initial = {"model": detector.state_dict(), "pretext": build_pretext(cfg, detector).state_dict()}
     updated = 0
-    for part in ("model", "pretext"):
+    for part, tolerance in (("model", 0.015), ("pretext", 1e-4)):
         for key, start in initial[part].items():
             if not start.is_floating_point():
                 continue
@@ -181,7 +186,7 @@ def test_two_processes_make_the_one_process_upper_update(tmp_path: Path) -> None
             two = final[2][part][key] - start
             scale = float(one.norm())
             updated += scale > 0
-            assert float((two - one).norm()) <= 0.02 * scale + 1e-12, (part, key)
+            assert float((two - one).norm()) <= tolerance * scale + 1e-12, (part, key)
     assert updated > 300  # both levels moved (detector and pretext model)
 
 
@@ -209,3 +214,122 @@ def test_head_warmup_trains_only_the_head(voc: Path, tmp_path: Path) -> None:
             assert torch.equal(final[key], value), key
     head = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(final[head], start[head])
+
+
+def test_eval_only_evaluates_the_checkpoint(
+    voc: Path, straight_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--eval-only MODEL.WEIGHTS model_final.pth``: the evaluated detector holds exactly the
+    checkpoint's tensors, and the results file the experiments runner reads has the AP/AP50/AP75
+    that the run itself measured on those weights at its end."""
+    from bissl_dense.detection import model as d2_model
+
+    built: list[torch.nn.Module] = []
+    build = d2_model.build_detector
+
+    def spy(cfg, load_weights: bool = True):  # noqa: ANN001, ANN202
+        built.append(build(cfg, load_weights))
+        return built[-1]
+
+    monkeypatch.setattr(d2_model, "build_detector", spy)
+    weights = straight_run / "model_final.pth"
+    out = tmp_path / "eval"
+    argv = ["--config-file", str(TINY_CONFIG), "--num-gpus", "1", "--eval-only"]
+    argv += ["MODEL.WEIGHTS", str(weights), "DATASETS.VOC_ROOT", str(voc), "OUTPUT_DIR", str(out)]
+    assert train_net.main(argv + BISSL) == 0
+
+    assert len(built) == 1
+    checkpoint = torch.load(weights, weights_only=True)["model"]
+    state = built[0].state_dict()
+    assert state.keys() == checkpoint.keys()
+    for key, value in checkpoint.items():
+        assert torch.equal(state[key], value), key
+    written = json.loads((out / "results.json").read_text())
+    reported = json.loads((straight_run / "results.json").read_text())
+    assert written["stage"] == "eval" and written["weights"] == str(weights)
+    assert written["metric"] == "AP50" and set(written["results"]["voc_2007_test"]) == {
+        "AP",
+        "AP50",
+        "AP75",
+    }
+    assert written["results"] == reported["results"]
+
+
+def test_byol_target_follows_the_online_network_after_every_lower_step(
+    voc: Path, tmp_path: Path
+) -> None:
+    """BiSSL with BYOL as the lower level: after each of the N_L = 2 lower steps the target is
+    τ·target + (1 − τ)·online (τ = 0.5 so that the average is visible), the upper step leaves
+    the pretext model alone and gives a finite loss and gradient."""
+    opts = [*BISSL, "BISSL.PRETEXT.METHOD", "byol", "BISSL.PRETEXT.BYOL_MOMENTUM", "0.5"]
+    opts += ["BISSL.LOWER_STEPS", "2", "DATASETS.TEST", "()"]
+    trainer = BiSSLTrainer(tiny_cfg(voc, tmp_path, *opts))
+    pairs = trainer.pretext.online_target_pairs()
+    assert len(pairs) == 2  # backbone and projector each have their target copy
+
+    def snapshot(side: int) -> list[torch.Tensor]:
+        return [p.detach().clone() for pair in pairs for p in pair[side].parameters()]
+
+    online, target = snapshot(0), snapshot(1)
+    for a, b in zip(online, target, strict=True):
+        assert torch.equal(a, b)  # target = online at the start
+    with EventStorage():
+        for _ in range(2):
+            assert trainer.bilevel.train_step()[0] == "lower"
+            new_online, new_target = snapshot(0), snapshot(1)
+            assert any(not torch.equal(a, b) for a, b in zip(online, new_online, strict=True))
+            for old, now, expected_from in zip(target, new_target, new_online, strict=True):
+                torch.testing.assert_close(now, 0.5 * old + 0.5 * expected_from)
+            online, target = new_online, new_target
+        phase, metrics = trainer.bilevel.train_step()
+    assert phase == "upper"
+    assert torch.isfinite(metrics["upper/loss"]) and float(metrics["upper/grad_norm"]) > 0
+    for before, after in zip(online + target, snapshot(0) + snapshot(1), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_finetune_killed_run_resumes_and_reports_ap50(
+    voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning (``FinetuneTrainer``, the standard recipe's trainer) killed after its first
+    iteration resumes with ``--resume`` from that checkpoint (every tensor restored, at the next
+    iteration), finishes and writes AP50."""
+    from detectron2.engine import DefaultTrainer
+
+    from bissl_dense.detection.trainer import FinetuneTrainer
+
+    out = tmp_path / "finetune"
+    argv = ["--config-file", str(TINY_CONFIG), "--num-gpus", "1"]
+    opts = ["MODEL.WEIGHTS", "random", "DATASETS.VOC_ROOT", str(voc), "OUTPUT_DIR", str(out)]
+    opts += ["BISSL.STAGE", "finetune", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            FinetuneTrainer,
+            "build_hooks",
+            lambda self: [*DefaultTrainer.build_hooks(self), _Kill(at=0)],
+        )
+        with pytest.raises(KeyboardInterrupt):
+            train_net.main(argv + opts)
+    assert not (out / "results.json").exists()
+    checkpoint = torch.load(out / "model_0000000.pth", weights_only=True)
+
+    resumed: dict[str, object] = {}
+    original = FinetuneTrainer.resume_or_load
+
+    def spy(self: FinetuneTrainer, resume: bool = True) -> None:
+        original(self, resume=resume)
+        resumed["start_iter"] = self.start_iter
+        resumed["state"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    monkeypatch.setattr(FinetuneTrainer, "resume_or_load", spy)
+    assert train_net.main([*argv[:4], "--resume", *argv[4:], *opts]) == 0
+    assert resumed["start_iter"] == 1
+    state = resumed["state"]
+    assert isinstance(state, dict) and state.keys() == checkpoint["model"].keys()
+    for key, value in checkpoint["model"].items():
+        assert torch.equal(state[key], value), key
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage"] == "finetune" and results["iteration"] == 2
+    assert 0.0 <= results["results"]["voc_2007_test"]["AP50"] <= 100.0

@@ -93,8 +93,32 @@ def test_truncated_last_line_is_skipped_and_bad_lines_named(tmp_path: Path) -> N
     log.write_text('{"loss": 1.0, "step": 1}\nnot json\n{"loss": 0.5, "step": 2}\n')
     with pytest.raises(ValueError, match=r"scalars.json:2: not a JSON object"):
         read_scalar_log(log)
-    with pytest.raises(FileNotFoundError, match="no mmengine scalar log"):
+    with pytest.raises(FileNotFoundError, match="no scalar log under .*empty"):
         find_scalar_logs(tmp_path / "empty")
+
+
+def test_detectron2_metrics_json_is_read_as_one_log(tmp_path: Path) -> None:
+    """A detectron2 run's ``OUTPUT_DIR/metrics.json`` (written by its own ``JSONWriter``, keyed
+    by ``iteration``, appended to across a resume) is the run's log when there is no mmengine
+    one; the resumed points replace the earlier ones from the step it resumed at."""
+    pytest.importorskip("detectron2")
+    from detectron2.utils.events import EventStorage, JSONWriter
+
+    def log(start: int, stop: int, offset: float) -> None:
+        writer = JSONWriter(str(tmp_path / "metrics.json"))
+        with EventStorage(start) as storage:
+            for step in range(start, stop):
+                storage.iter = step
+                storage.put_scalar("lower/pretext_loss", offset + step, smoothing_hint=False)
+                writer.write()
+        writer.close()
+
+    log(0, 4, 0.0)
+    log(2, 5, 100.0)  # resumed at iteration 2: appends to the same file
+    assert find_scalar_logs(tmp_path) == [tmp_path / "metrics.json"]
+    steps, values = load_scalar_series(tmp_path, keys=["lower/pretext_loss"])["lower/pretext_loss"]
+    assert steps.tolist() == [0, 1, 2, 3, 4]
+    assert values.tolist() == [0.0, 1.0, 102.0, 103.0, 104.0]
 
 
 def _assert_valid_png(path: Path, min_size: tuple[int, int] = (200, 200)) -> None:

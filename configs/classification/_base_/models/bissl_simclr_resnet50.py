@@ -4,7 +4,7 @@ model = dict(
     type="BiSSLModel",
     pretext=dict(
         type="SimCLR",
-        backbone=dict(arch="resnet50"),
+        backbone=dict(arch="resnet50", channels_last=False),  # True: NHWC (GPUs, autocast)
         projector=dict(hidden_dim=256, out_dim=256, num_layers=3),
         temperature=0.5,
         backbone_checkpoint=None,  # Pretext_simclr_arch-resnet50_backbone_id-<id>.pth
@@ -14,7 +14,7 @@ model = dict(
         type="ImageClassificationTask",
         num_classes=None,
         multilabel=False,
-        backbone=dict(arch="resnet50"),
+        backbone=dict(arch="resnet50", channels_last=False),  # True: NHWC (GPUs, autocast)
         head_checkpoint=None,  # <warm-up work_dir>/export/head.pth
     ),
 )

@@ -3,7 +3,7 @@
 model = dict(
     type="ImageClassifier",
     num_classes=None,
-    backbone=dict(arch="resnet50"),
+    backbone=dict(arch="resnet50", channels_last=False),  # True: NHWC convolutions
     backbone_checkpoint=None,  # pretext or BiSSL backbone file: --cfg-options model.backbone_checkpoint=...
     head_checkpoint=None,
     freeze_backbone=False,

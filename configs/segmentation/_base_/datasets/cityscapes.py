@@ -6,7 +6,7 @@
 # not legible in our copy of the paper; 512 px is mmseg's Cityscapes training scale (2048x1024/2).
 dataset_name = "cityscapes"
 data_root = "data/cityscapes"
-split_dir = "data/cityscapes/splits"
+split_dir = "splits"  # relative to data_root (mmseg joins ann_file onto data_root)
 num_classes = 19
 short_side = 512
 train_pipeline = [

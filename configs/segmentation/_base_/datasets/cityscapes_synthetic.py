@@ -5,7 +5,7 @@
 #       --out data/synthetic/cityscapes/splits
 _base_ = ["./cityscapes.py"]
 data_root = "data/synthetic/cityscapes"
-split_dir = "data/synthetic/cityscapes/splits"
+split_dir = "splits"  # relative to data_root (mmseg joins ann_file onto data_root)
 short_side = 64
 train_pipeline = [
     dict(type="LoadImageFromFile"),

@@ -5,7 +5,7 @@ model = dict(
     pretext=dict(
         _delete_=True,
         type="BYOL",
-        backbone=dict(arch="resnet50"),
+        backbone=dict(arch="resnet50", channels_last=False),  # True: NHWC (GPUs, autocast)
         projector=dict(hidden_dim=256, out_dim=256, num_layers=3),
         predictor=dict(hidden_dim=256, out_dim=256, num_layers=3),
         base_momentum=0.9995,

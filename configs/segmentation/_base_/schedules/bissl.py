@@ -26,6 +26,12 @@ train_cfg = dict(
         grad_clip_norm=10.0,
         discard_implicit_jacobian=False,
         residual_every=8,  # one extra Hessian-vector product every 8 upper steps
+        # Mixed precision of both levels' loss forward passes (GPUs): None (float32), "bfloat16"
+        # or "float16" (one GradScaler per level); the implicit-gradient products, weights and
+        # optimiser states stay float32. Turn it on, with NHWC backbones:
+        #   --cfg-options train_cfg.bissl.autocast=bfloat16
+        #       model.pretext.backbone.channels_last=True
+        autocast=None,
     ),
     val_interval=50,  # validate the upper model (mIoU) every 50 alternations and at the end
 )

@@ -4,7 +4,9 @@
 # SPEC (the paper's number is not legible in our copy) — set it per data set.
 max_epochs = 30
 optim_wrapper = dict(
-    type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    type="PrecisionOptimWrapper",  # bissl_dense.engine.optim: OptimWrapper for dtype=None
+    dtype=None,  # mixed precision (GPUs): --cfg-options optim_wrapper.dtype=bfloat16
+    optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
 )
 param_scheduler = [
     dict(type="CosineAnnealingLR", eta_min=0.0, by_epoch=True, begin=0, end=max_epochs,

@@ -3,7 +3,9 @@
 #   upper level
 # reuses this lr and weight decay, and its checkpoint's decode_head.* (model.task.head_checkpoint).
 optim_wrapper = dict(
-    type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    type="PrecisionOptimWrapper",  # bissl_dense.engine.optim: OptimWrapper for dtype=None
+    dtype=None,  # mixed precision (GPUs): --cfg-options optim_wrapper.dtype=bfloat16
+    optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
 )
 param_scheduler = []
 train_cfg = dict(type="ResumableTrainLoop", max_epochs=5, val_interval=5)

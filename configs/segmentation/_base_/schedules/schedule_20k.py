@@ -3,7 +3,9 @@
 # epoch, the best-validation checkpoint tested (results.json).
 max_iters = 20000
 optim_wrapper = dict(
-    type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    type="PrecisionOptimWrapper",  # bissl_dense.engine.optim: OptimWrapper for dtype=None
+    dtype=None,  # mixed precision (GPUs): --cfg-options optim_wrapper.dtype=bfloat16
+    optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
 )
 param_scheduler = [
     dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False),

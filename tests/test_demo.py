@@ -1,0 +1,91 @@
+"""``bissl demo`` (issue 12): the shortened demo end to end, its resume, and its report.
+
+One module-scoped run of the ``quick`` preset on the generated data (every stage with a
+handful of steps, 2 configurations and 2 seeds per arm) through ``bissl_dense.cli.main``; the
+tests read what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bissl_dense.cli import main
+from bissl_dense.demo import DEMO_PRESETS, DemoPaths, write_demo_report
+from bissl_dense.reports.markdown import is_png, referenced_images
+from bissl_dense.reports.tables import ComparisonTable
+
+pytestmark = pytest.mark.slow
+
+FIGURES = {"seeds.png", "losses_bissl.png", "tsne.png", "search_ft.png", "search_bissl.png"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoPaths:
+    work = tmp_path_factory.mktemp("demo") / "work"
+    assert main(["demo", "--preset", "quick", "--work-dir", str(work), "--num-cpus", "2"]) == 0
+    return DemoPaths(work)
+
+
+def test_quick_demo_writes_the_report_with_every_figure_and_the_table(demo: DemoPaths) -> None:
+    text = demo.report.read_text()
+    images = referenced_images(text)
+    assert {Path(p).name for p in images} == FIGURES
+    for image in images:
+        assert is_png(demo.report.parent / image), image
+    # the table is compare's, with both arms and their seeds
+    table = ComparisonTable.from_json((demo.compare / "report" / "comparison.json").read_text())
+    rows = {row.arm: row for row in table.rows}
+    assert set(rows) == {"ft", "bissl"}
+    assert all(row.n == DEMO_PRESETS["quick"].seeds for row in rows.values())
+    assert table.to_markdown().splitlines()[0] in text
+    # the alignment table, and the commands a user would run
+    assert "parameter CS" in text and "| pretext |" in text and "| BiSSL |" in text
+    for command in ("$ bissl pretrain", "$ bissl compare", "$ bissl analyze"):
+        assert command in text
+    alignment = json.loads((demo.analysis / "alignment.json").read_text())
+    assert {row["backbone"] for row in alignment["rows"]} == {"pretext", "BiSSL"}
+
+
+def test_rerun_continues_without_redoing(demo: DemoPaths, capsys: pytest.CaptureFixture) -> None:
+    finished = [
+        *demo.work_dir.glob("compare/arms/*/*/*/results.json"),
+        *demo.work_dir.glob("pretext/export/*"),
+        *demo.work_dir.glob("compare/prepare/**/export/*"),
+        demo.analysis / "alignment.json",
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    capsys.readouterr()
+    assert main(["demo", "--preset", "quick", "--work-dir", str(demo.work_dir)]) == 0
+    out = capsys.readouterr().out
+    for line in ("data written before", "pretext pretraining done before", "0 to run"):
+        assert line in out
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps
+    assert "report: " + str(demo.report) in out
+
+
+def test_report_refuses_a_missing_figure(demo: DemoPaths, tmp_path: Path) -> None:
+    copy = DemoPaths(tmp_path / "copy")
+    shutil.copytree(demo.work_dir, copy.work_dir, ignore=shutil.ignore_patterns("*.pth"))
+    kwargs = dict(
+        data_description="d", budget=DEMO_PRESETS["quick"], commands=["$ bissl x"], elapsed={}
+    )
+    assert write_demo_report(copy, **kwargs).is_file()
+    (copy.analysis / "tsne.png").unlink()
+    copy.report.unlink()
+    with pytest.raises(FileNotFoundError, match="tsne.png does not exist"):
+        write_demo_report(copy, **kwargs)
+    assert not copy.report.exists()  # nothing half-written
+
+
+def test_bad_arguments_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", "mnist", "--work-dir", str(tmp_path)])
+    assert "invalid choice: 'mnist'" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    assert main(["demo", "--work-dir", str(tmp_path), "--preset", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no demo_data.json" in err and "Traceback" not in err
