@@ -45,6 +45,9 @@ __all__ = ["DEMO_PRESETS", "DemoBudget", "add_demo_parser", "run_demo"]
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DATA_KINDS = ("synthetic", "digits")
+#: Classes of each kind of data: the configs' heads are sized from it (the generated-data configs
+#: default to the generator's 5 classes, the digits have 10).
+NUM_CLASSES = {"synthetic": 5, "digits": 10}
 
 
 @dataclass(frozen=True)
@@ -191,12 +194,17 @@ def _write_data(data: str, budget: DemoBudget, paths: DemoPaths, log: Callable[[
         else:
             from bissl_dense.datasets.synthetic import write_imagefolder, write_unlabeled
 
-            write_imagefolder(staging / "labelled", budget.labelled_images, num_classes=5, size=32)
+            write_imagefolder(
+                staging / "labelled",
+                budget.labelled_images,
+                num_classes=NUM_CLASSES["synthetic"],
+                size=32,
+            )
             write_unlabeled(staging / "unlabeled", budget.unlabeled_images, size=32)
             description = (
-                f"generated images (5 shape/stripe classes, 32 px): {budget.labelled_images} "
-                f"labelled (60/20/20 train/val/test), {budget.unlabeled_images} unlabeled "
-                "pretext images"
+                f"generated images ({NUM_CLASSES['synthetic']} shape/stripe classes, 32 px): "
+                f"{budget.labelled_images} labelled (60/20/20 train/val/test), "
+                f"{budget.unlabeled_images} unlabeled pretext images"
             )
         atomic_write_text(
             staging / "demo_data.json", json.dumps({"data": data, "description": description})
@@ -252,6 +260,7 @@ def _compare(
     log: Callable[[str], None],
     commands: list[str],
     num_cpus: int | None,
+    num_classes: int,
 ) -> None:
     classification = CONFIGS / "classification"
     test_loader = _loader_options("test_dataloader", paths.labelled)
@@ -282,11 +291,14 @@ def _compare(
         "--finetune-options",
         f"train_cfg.max_epochs={budget.finetune_epochs}",
         f"param_scheduler.0.end={budget.finetune_epochs}",
+        f"model.num_classes={num_classes}",
         *test_loader,
         "--warmup-options",
         f"train_cfg.max_epochs={budget.warmup_epochs}",
+        f"model.num_classes={num_classes}",
         *test_loader,
         "--bissl-options",
+        f"model.task.num_classes={num_classes}",
         *_loader_options("pretext_dataloader", paths.unlabeled),
         f"pretext_dataloader.batch_size={budget.bissl_pretext_batch}",
         f"train_cfg.bissl.alternations={budget.alternations}",
@@ -316,7 +328,11 @@ def _bissl_backbone(paths: DemoPaths) -> Path:
 
 
 def _analyze(
-    paths: DemoPaths, pretext: Mapping[str, Path], log: Callable[[str], None], commands: list[str]
+    paths: DemoPaths,
+    pretext: Mapping[str, Path],
+    log: Callable[[str], None],
+    commands: list[str],
+    num_classes: int,
 ) -> None:
     if (paths.analysis / "alignment.json").is_file() and (paths.analysis / "tsne.png").is_file():
         log(f"[demo] alignment analysis done before: {paths.analysis}")
@@ -336,6 +352,7 @@ def _analyze(
         "--out",
         str(paths.analysis),
         "--cfg-options",
+        f"model.num_classes={num_classes}",
         *_loader_options("train_dataloader", paths.labelled),
         *_loader_options("test_dataloader", paths.labelled),
     ]
@@ -439,10 +456,10 @@ def run_demo(
     from bissl_dense.experiments._ray import ray_session
 
     with ray_session(num_cpus=num_cpus):  # one Ray start for both arms' searches and seeds
-        _compare(budget, paths, pretext, log, commands, num_cpus)
+        _compare(budget, paths, pretext, log, commands, num_cpus, NUM_CLASSES[data])
     elapsed["compare"] = time.perf_counter() - t
     t = begin(4)
-    _analyze(paths, pretext, log, commands)
+    _analyze(paths, pretext, log, commands, NUM_CLASSES[data])
     elapsed["analysis"] = time.perf_counter() - t
     elapsed["total (this run)"] = time.perf_counter() - start
     log(f"[demo] step 5/5: report ({format_duration(time.perf_counter() - start)} so far)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bissl_dense.cli import main
+from bissl_dense.cli import build_parser, main
 from bissl_dense.demo import DEMO_PRESETS, DemoPaths, write_demo_report
 from bissl_dense.reports.markdown import is_png, referenced_images
 from bissl_dense.reports.tables import ComparisonTable
@@ -89,3 +89,44 @@ def test_bad_arguments_are_one_clear_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["demo", "--work-dir", str(tmp_path), "--preset", "quick"]) == 2
     err = capsys.readouterr().err
     assert "holds no demo_data.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("data", ["synthetic", "digits"])
+def test_every_stage_is_configured_for_the_classes_of_its_data(
+    data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heads of warm-up, BiSSL, fine-tuning and the analysis have one output per class
+    folder the demo wrote (digits: 10, while the generated-data configs default to 5)."""
+    from bissl_dense import demo as demo_module
+    from bissl_dense.engine.runner import load_config
+    from bissl_dense.experiments.compare import arm_inputs
+
+    paths = DemoPaths(tmp_path / "work")
+    demo_module._write_data(data, DEMO_PRESETS["quick"], paths, log=lambda _: None)
+    classes = len([p for p in (paths.labelled / "train").iterdir() if p.is_dir()])
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo_module, "_run_cli", lambda argv, log, commands: calls.append(argv))
+    monkeypatch.setattr(demo_module, "_seed_dirs", lambda paths, arm: [tmp_path / arm])
+    monkeypatch.setattr(demo_module, "_bissl_backbone", lambda paths: tmp_path / "bissl.pth")
+    pretext = {"backbone": tmp_path / "backbone.pth", "head": tmp_path / "head.pth"}
+    num_classes = demo_module.NUM_CLASSES[data]
+    demo_module._compare(DEMO_PRESETS["quick"], paths, pretext, print, [], None, num_classes)
+    demo_module._analyze(paths, pretext, print, [], num_classes)
+    compare_argv, analyze_argv = calls
+
+    inputs = arm_inputs(build_parser().parse_args(compare_argv))
+    common = dict(inputs.common_options)
+    stages = {
+        "warm-up": (inputs.warmup_config, inputs.warmup_options, "model.num_classes"),
+        "fine-tuning": (inputs.finetune_config, inputs.finetune_options, "model.num_classes"),
+        "BiSSL": (inputs.bissl_config, inputs.bissl_options, "model.task.num_classes"),
+    }
+    analyze = build_parser().parse_args(analyze_argv)
+    stages["analysis"] = (Path(analyze.config), {}, "model.num_classes")
+    for stage, (config, options, key) in stages.items():
+        options = {**common, **options} if stage != "analysis" else dict(analyze.cfg_options)
+        cfg = load_config(config, options, tmp_path / "cfg", False)
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node == classes, (stage, node, classes)
