@@ -144,8 +144,33 @@ def _norm(a: Sequence[Tensor]) -> Tensor:
 
 
 def _axpy(y: Sequence[Tensor], alpha: Tensor | float, x: Sequence[Tensor]) -> Vectors:
-    """y + alpha * x."""
-    return [yi + alpha * xi for yi, xi in zip(y, x, strict=True)]
+    """y + alpha * x (a new vector)."""
+    return _axpy_([t.clone() for t in y], alpha, x)
+
+
+def _axpy_(y: Vectors, alpha: Tensor | Sequence[Tensor] | float, x: Sequence[Tensor]) -> Vectors:
+    """y += alpha * x in place and return y; ``alpha`` a number, a 0-d tensor or one 0-d tensor
+    per tensor (layer-wise CG).
+
+    The solvers update their vectors in place: a new vector is an allocation the size of the
+    model, which on CPU is fresh memory every time (page faults: ~6x the cost of the arithmetic,
+    measured on ResNet-18) and on GPU one kernel per tensor; the foreach form is one call.
+    """
+    if not y:
+        return y
+    if isinstance(alpha, int | float):
+        torch._foreach_add_(y, list(x), alpha=alpha)
+    else:
+        alphas = [alpha] * len(y) if isinstance(alpha, Tensor) else list(alpha)
+        torch._foreach_addcmul_(y, list(x), alphas)
+    return y
+
+
+def _scale_(y: Vectors, alpha: Tensor | Sequence[Tensor] | float) -> Vectors:
+    """y *= alpha in place and return y (``alpha`` as in :func:`_axpy_`)."""
+    if y:
+        torch._foreach_mul_(y, alpha if not isinstance(alpha, Sequence) else list(alpha))
+    return y
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -173,19 +198,32 @@ def _cg(
         r = [v.clone() for v in rhs]
     else:
         x = [t.clone() for t in x0]
-        r = [v - a for v, a in zip(rhs, ax0, strict=True)]
+        r = _axpy(rhs, -1.0, ax0)
     p = [t.clone() for t in r]
     rr = _dots(r, r, mode)
     for _ in range(iters):
         ap = matvec(p)
-        alpha = [_safe_div(a, b) for a, b in zip(rr, _dots(p, ap, mode), strict=True)]
-        x = [xi + a * pi for xi, a, pi in zip(x, alpha, p, strict=True)]
-        r = [ri - a * api for ri, a, api in zip(r, alpha, ap, strict=True)]
+        alpha = _ratios(rr, _dots(p, ap, mode), mode)
+        _axpy_(x, alpha, p)
+        _axpy_(r, _negated(alpha, mode), ap)
         rr_new = _dots(r, r, mode)
-        beta = [_safe_div(a, b) for a, b in zip(rr_new, rr, strict=True)]
-        p = [ri + b * pi for ri, b, pi in zip(r, beta, p, strict=True)]
+        beta = _ratios(rr_new, rr, mode)
+        _axpy_(_scale_(p, beta), 1.0, r)  # p = r + β p
         rr = rr_new
-    return x, [v - ri for v, ri in zip(rhs, r, strict=True)]
+    return x, _axpy(rhs, -1.0, r)
+
+
+def _ratios(num: Sequence[Tensor], den: Sequence[Tensor], mode: CGMode) -> list[Tensor]:
+    """num / den per tensor (0/0 = 0); for global CG one division, shared by every tensor."""
+    if mode == "global" and num:
+        return [_safe_div(num[0], den[0])] * len(num)
+    return [_safe_div(a, b) for a, b in zip(num, den, strict=True)]
+
+
+def _negated(values: Sequence[Tensor], mode: CGMode) -> list[Tensor]:
+    if mode == "global" and values:
+        return [-values[0]] * len(values)
+    return [-v for v in values]
 
 
 def conjugate_gradient(
@@ -215,12 +253,14 @@ def _minres(
     ax0: Sequence[Tensor] | None = None,
 ) -> tuple[Vectors, Vectors]:
     """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`."""
-    b = [t.clone() for t in rhs] if ax0 is None else [v - a for v, a in zip(rhs, ax0, strict=True)]
-    zeros = [torch.zeros_like(t) for t in rhs]
+    b = [t.clone() for t in rhs] if ax0 is None else _axpy(rhs, -1.0, ax0)
     tiny = torch.finfo(rhs[0].dtype).tiny
     # Lanczos: q_1 = b / β_1;  β_{k+1} q_{k+1} = A q_k − α_k q_k − β_k q_{k−1}.
     beta = _norm(b)
-    q_prev, q = zeros, [t * _safe_div(torch.ones_like(beta), beta) for t in b]
+    q_prev, q = (
+        [torch.zeros_like(t) for t in rhs],
+        _scale_(b, _safe_div(torch.ones_like(beta), beta)),
+    )
     # QR of the (k+1) × k tridiagonal Lanczos matrix by Givens rotations (c_k, s_k); the k-th
     # column after the two previous rotations is (ε_k, δ_k, γ̄_k, β_{k+1}). The residual norm of
     # x_k is |φ̄_k| with φ̄_0 = β_1, φ̄_k = s_k φ̄_{k−1}.
@@ -229,13 +269,15 @@ def _minres(
     delta_bar = torch.zeros_like(beta)
     eps_next = torch.zeros_like(beta)
     phi_bar = beta.clone()
-    # search directions w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k and their images A w_k
-    w_prev2, w_prev, aw_prev2, aw_prev = zeros, zeros, zeros, zeros
-    d, ad = zeros, zeros
+    # search directions w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k and their images A w_k,
+    # each computed in the storage of the one two steps back (in place: see _axpy_)
+    w_prev2, w_prev, aw_prev2, aw_prev, d, ad = (
+        [torch.zeros_like(t) for t in rhs] for _ in range(6)
+    )
     for _ in range(iters):
         aq = matvec(q)
         alpha = _dot(q, aq)
-        z = [a - alpha * qi - beta * qp for a, qi, qp in zip(aq, q, q_prev, strict=True)]
+        z = _axpy_(_axpy(aq, -alpha, q), -beta, q_prev)
         beta_next = _norm(z)
         epsilon = eps_next
         delta = c * delta_bar + s * alpha
@@ -246,21 +288,21 @@ def _minres(
         c, s = gamma_bar / gamma, beta_next / gamma
         tau = c * phi_bar
         phi_bar = s * phi_bar
-        w = [
-            (qi - delta * w1 - epsilon * w2) / gamma
-            for qi, w1, w2 in zip(q, w_prev, w_prev2, strict=True)
-        ]
-        aw = [
-            (a - delta * a1 - epsilon * a2) / gamma
-            for a, a1, a2 in zip(aq, aw_prev, aw_prev2, strict=True)
-        ]
-        d, ad = _axpy(d, tau, w), _axpy(ad, tau, aw)
+        inverse_gamma = 1.0 / gamma
+        w = _scale_(
+            _axpy_(_axpy_(_scale_(w_prev2, -epsilon), -delta, w_prev), 1.0, q), inverse_gamma
+        )
+        aw = _scale_(
+            _axpy_(_axpy_(_scale_(aw_prev2, -epsilon), -delta, aw_prev), 1.0, aq), inverse_gamma
+        )
+        _axpy_(d, tau, w)
+        _axpy_(ad, tau, aw)
         w_prev2, w_prev, aw_prev2, aw_prev = w_prev, w, aw_prev, aw
-        q_prev, q = q, [t * _safe_div(torch.ones_like(beta_next), beta_next) for t in z]
+        q_prev, q = q, _scale_(z, _safe_div(torch.ones_like(beta_next), beta_next))
         beta = beta_next
     if x0 is None or ax0 is None:
         return d, ad
-    return _axpy(x0, 1.0, d), _axpy(ax0, 1.0, ad)
+    return _axpy_(d, 1.0, x0), _axpy_(ad, 1.0, ax0)
 
 
 def minres(
@@ -296,16 +338,22 @@ class _RecycledSubspace:
         r = [t.clone() for t in v]
         for u, w in zip(self.u, self.w, strict=True):
             coefficient = _dot(w, r)  # modified Gram-Schmidt order: against the current residual
-            x, r = _axpy(x, coefficient, u), _axpy(r, -coefficient, w)
+            _axpy_(x, coefficient, u)
+            _axpy_(r, -coefficient, w)
         return x, r
 
     def add(self, u: Vectors, w: Vectors) -> tuple[Vectors, Vectors]:
-        """Orthonormalise w against the stored w_i (same combination on u), store, return it."""
+        """Orthonormalise w against the stored w_i (same combination on u), store, return it.
+
+        ``u`` and ``w`` are fresh vectors of the caller's: they are changed in place and kept.
+        """
         for ui, wi in zip(self.u, self.w, strict=True):
             h = _dot(wi, w)
-            u, w = _axpy(u, -h, ui), _axpy(w, -h, wi)
+            _axpy_(u, -h, ui)
+            _axpy_(w, -h, wi)
         inverse = _safe_div(torch.ones((), dtype=w[0].dtype, device=w[0].device), _norm(w))
-        u, w = [t * inverse for t in u], [t * inverse for t in w]
+        _scale_(u, inverse)
+        _scale_(w, inverse)
         self.u.append(u)
         self.w.append(w)
         if len(self.w) > self.max_size:  # a subset of an orthonormal set stays orthonormal
@@ -322,8 +370,9 @@ def _recycled(
     for _ in range(iters):
         u, w = space.add([t.clone() for t in r], matvec(r))
         coefficient = _dot(w, r)
-        x, r = _axpy(x, coefficient, u), _axpy(r, -coefficient, w)
-    return x, [v - ri for v, ri in zip(rhs, r, strict=True)]
+        _axpy_(x, coefficient, u)
+        _axpy_(r, -coefficient, w)
+    return x, _axpy(rhs, -1.0, r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,17 +425,18 @@ def _make_products(
         differentiable = [i for i, g in enumerate(grads) if g.requires_grad]
 
         def exact(vectors: Sequence[Tensor]) -> list[Tensor]:
-            out = [torch.zeros_like(p) for p in params]
-            if differentiable:
-                second = torch.autograd.grad(
-                    [grads[i] for i in differentiable],
-                    params,
-                    grad_outputs=[vectors[i] for i in differentiable],
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                out = [o if s is None else s for o, s in zip(out, second, strict=True)]
-            return out
+            if not differentiable:
+                return [torch.zeros_like(p) for p in params]
+            second = torch.autograd.grad(
+                [grads[i] for i in differentiable],
+                params,
+                grad_outputs=[vectors[i] for i in differentiable],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            return [
+                torch.zeros_like(p) if h is None else h for p, h in zip(params, second, strict=True)
+            ]
 
         return exact
 
@@ -448,8 +498,7 @@ def _finite_difference_products(
 
     def gradient_at(shift: Tensor, vectors: Sequence[Tensor]) -> list[Tensor]:
         with torch.no_grad():
-            for p, v in zip(params, vectors, strict=True):
-                p.add_(v * shift)
+            torch._foreach_addcmul_(params, list(vectors), [shift] * len(params))
         try:
             with torch.enable_grad(), pattern.replaying():
                 shifted_loss = evaluate()
@@ -465,11 +514,11 @@ def _finite_difference_products(
         else:
             v_norms = torch.stack([v.norm() for v in vectors])
             eps = relative_step / (v_norms / scales).max().clamp_min(info.tiny)
-        plus = gradient_at(eps, vectors)
+        plus = gradient_at(eps, vectors)  # fresh tensors: the differences are taken in place
         if base_grad is not None:
-            return [(g1 - g0) / eps for g1, g0 in zip(plus, base_grad, strict=True)]
+            return _scale_(_axpy_(plus, -1.0, base_grad), 1.0 / eps)
         minus = gradient_at(-eps, vectors)
-        return [(g1 - g0) / (2 * eps) for g1, g0 in zip(plus, minus, strict=True)]
+        return _scale_(_axpy_(plus, -1.0, minus), 0.5 / eps)
 
     return finite_difference
 
@@ -653,7 +702,11 @@ class ImplicitSolver:
         all_reduce_mean_(hx)
         self.products += 1
         scale = 1.0 / (self.lam + self.damping)
-        return [xi + scale * h for xi, h in zip(x, hx, strict=True)]
+        # x + scale·Hx in the storage of Hx, which the products return as new tensors (an
+        # autograd output may be its grad_output itself on a trivial graph: copied then)
+        ids = {xi.data_ptr() for xi in x}
+        hx = [h.clone() if h.data_ptr() in ids else h for h in hx]
+        return _axpy_(_scale_(hx, scale), 1.0, x)
 
     def _with_previous(self, vectors: Vectors, x: Vectors, ax: Vectors) -> tuple[Vectors, Vectors]:
         """Warm start: the best combination α x + β x_prev of this solve's solution and the

@@ -28,6 +28,8 @@ def test_tiny_run_reports_consistent_figures(tmp_path: Path) -> None:
     errors = result["relative_error"]
     assert errors["per_step/exact_vs_recompute"] < 1e-5
     assert errors["stage/exact_vs_per_step/exact (solves 1 and N_U, max)"] < 1e-5
+    assert errors["authors/recompute_vs_cg/layerwise (solve 1)"] < 1e-5
+    assert result["ratio_to_authors_scheme"]["authors/recompute (K+1 products)"] == 1.0
     residuals = result["relative_residual"]
     for name in ("minres", "minres/warm_start", "recycled (stage/exact/recycled)"):
         assert residuals[name]["max"] <= 1.0 + 1e-4, name
