@@ -18,6 +18,9 @@ backbone, θ_L, trained by one optimiser for a fixed number of steps.
   whole state and ``--resume`` continues at the exact step with the same batches and crops.
 * :class:`ExportBackboneHook` writes ``<work_dir>/export/<name>_backbone.pth`` (θ_L with
   torchvision names, what fine-tuning's ``model.backbone_checkpoint`` reads) and a JSON config.
+* :func:`write_single_level_config` writes the config of either baseline over any BiSSL config
+  (``bissl compare`` does this when no ``--weighted-sum-config``/``--data-mix-config`` is given),
+  so the baselines need no config file per data set.
 """
 
 from __future__ import annotations
@@ -43,11 +46,75 @@ from bissl_dense.engine.hooks import json_plain, unwrap_model
 from bissl_dense.errors import ConfigError
 
 __all__ = [
+    "SINGLE_LEVEL_DIFFERENCES",
     "ExportBackboneHook",
     "SingleLevelLoop",
     "SingleLevelOptimWrapperConstructor",
     "task_head_parameters",
+    "write_single_level_config",
 ]
+
+#: What each single-level baseline's config states over the BiSSL config it inherits: the module
+#: registering its loop, and the loop, optimiser and hooks (the shipped
+#: ``configs/classification/{weighted_sum,data_mix}_simclr_resnet18_synthetic.py`` state the same).
+SINGLE_LEVEL_DIFFERENCES: dict[str, dict[str, Any]] = {
+    "weighted_sum": dict(
+        module="bissl_dense.baselines.weighted_sum",
+        train_cfg=dict(type="WeightedSumLoop", w=0.5, steps=None),
+        optim_wrapper=dict(
+            constructor="SingleLevelOptimWrapperConstructor", include_task_head=True
+        ),
+    ),
+    "data_mix": dict(
+        module="bissl_dense.baselines.data_mix",
+        train_cfg=dict(type="DataMixLoop", steps=None),
+        optim_wrapper=dict(constructor="SingleLevelOptimWrapperConstructor"),
+    ),
+}
+
+
+def write_single_level_config(kind: str, bissl_config: str | Path, path: str | Path) -> Path:
+    """Write ``path``: the ``kind`` baseline's config over ``bissl_config`` (atomically).
+
+    It inherits the BiSSL config (``_base_``) and states only :data:`SINGLE_LEVEL_DIFFERENCES`,
+    with the base's ``custom_imports`` plus the baseline's module; ``bissl train`` runs it.
+    """
+    from mmengine.config import Config
+
+    from bissl_dense.fileio import atomic_write_text
+
+    if kind not in SINGLE_LEVEL_DIFFERENCES:
+        raise ConfigError(
+            f"no single-level baseline {kind!r}; one of {list(SINGLE_LEVEL_DIFFERENCES)}"
+        )
+    bissl_config = Path(bissl_config).resolve()
+    differences = SINGLE_LEVEL_DIFFERENCES[kind]
+    try:
+        base = Config.fromfile(str(bissl_config))
+    except (OSError, SyntaxError, ImportError, KeyError, ValueError, TypeError) as error:
+        raise ConfigError(f"cannot read the BiSSL config '{bissl_config}': {error}") from error
+    if base.get("train_cfg", {}).get("type") != "BiSSLLoop":
+        raise ConfigError(
+            f"'{bissl_config}' is not a BiSSL config (train_cfg.type "
+            f"{base.get('train_cfg', {}).get('type')!r}, expected 'BiSSLLoop')"
+        )
+    imports = list(base.get("custom_imports", {}).get("imports", []))
+    imports += [differences["module"]] if differences["module"] not in imports else []
+    text = "\n".join(
+        [
+            f"# The {kind} baseline over {bissl_config.name} (written by "
+            "bissl_dense.baselines.single_level.write_single_level_config).",
+            f"_base_ = [{str(bissl_config)!r}]",
+            f"custom_imports = dict(imports={imports!r}, allow_failed_imports=False)",
+            f"train_cfg = {differences['train_cfg']!r}",
+            f"optim_wrapper = {differences['optim_wrapper']!r}",
+            f"custom_hooks = [dict(type='ExportBackboneHook', name={kind!r})]",
+            "",
+        ]
+    )
+    path = Path(path)
+    atomic_write_text(path, text)
+    return path
 
 
 def task_head_parameters(model: BiSSLModel) -> list[nn.Parameter]:

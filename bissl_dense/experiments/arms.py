@@ -15,10 +15,12 @@ preparation run once before the search:
 ``zero_head``             the pretext backbone, zero-initialised head (``model.zero_init_head``)
 ``noisytune``             the pretext backbone perturbed once by NoisyTune (``noisytune_``)
 ``weighted_sum``          head warm-up → (1−w)·L_P + w·L_D for T·N_U steps → its backbone
-                          (``--weighted-sum-config``, w from it; App. B.9.4)
+                          (``--weighted-sum-config``, or derived from ``--bissl-config``;
+                          w = 0.5 unless the config says otherwise; App. B.9.4)
 ``weighted_sum_<w>``      the same with ``train_cfg.w=<w>`` (a w sweep, like ``lambda_<v>``)
 ``data_mix``              continued pretext training on pretext + downstream training images
-                          for T·N_L steps → its backbone (``--data-mix-config``; App. B.9.3)
+                          for T·N_L steps → its backbone (``--data-mix-config``, or derived
+                          from ``--bissl-config``; App. B.9.3)
 ========================  ===================================================================
 
 Preparations are resumable: a stage whose export exists is skipped; one that was killed is
@@ -208,16 +210,23 @@ def _single_level(name: str, inputs: ArmInputs, root: Path, log: Callable[[str],
     kind = "data_mix" if ws_overrides is None else "weighted_sum"
     flag = "--" + _SINGLE_LEVEL[kind].replace("_", "-")
     config = getattr(inputs, _SINGLE_LEVEL[kind])
-    if config is None or inputs.head is None:
+    if (config is None and inputs.bissl_config is None) or inputs.head is None:
         raise ConfigError(
-            f"arm {name!r} needs {flag} (a config inheriting the BiSSL config, e.g. "
-            f"configs/classification/{kind}_simclr_resnet18_synthetic.py) and --head"
+            f"arm {name!r} needs --head and --bissl-config (its config is derived from the "
+            f"BiSSL config) or {flag} (a config inheriting the BiSSL config, e.g. "
+            f"configs/classification/{kind}_simclr_resnet18_synthetic.py)"
         )
     work_dir = root / name
     exported = work_dir / "export" / f"{kind}_backbone.pth"
     if exported.is_file():
         log(f"[prepare] {name}: {kind} done before: {exported}")
         return exported
+    if config is None:  # the BiSSL config with the baseline's differences (no file per data set)
+        from bissl_dense.baselines.single_level import write_single_level_config
+
+        config = write_single_level_config(
+            kind, inputs.bissl_config, root / f"{kind}_{Path(inputs.bissl_config).name}"
+        )
     options = {
         **inputs.common_options,
         **inputs.bissl_options,

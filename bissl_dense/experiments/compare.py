@@ -202,10 +202,13 @@ def add_compare_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--bissl-config", help="BiSSL config (BiSSL arms)")
     parser.add_argument(
         "--weighted-sum-config",
-        help="weighted-sum config inheriting the BiSSL config (weighted_sum arms)",
+        help="weighted-sum config inheriting the BiSSL config (weighted_sum arms; default: "
+        "derived from --bissl-config)",
     )
     parser.add_argument(
-        "--data-mix-config", help="data-mix config inheriting the BiSSL config (data_mix arm)"
+        "--data-mix-config",
+        help="data-mix config inheriting the BiSSL config (data_mix arm; default: derived from "
+        "--bissl-config)",
     )
     parser.add_argument("--work-dir", required=True, help="output directory (resumable)")
     parser.add_argument(

@@ -5,7 +5,8 @@ runs through ``bissl_dense.cli.main`` on a local Ray; the tests read what it wro
 agree with each trial's ``results.json``, the BiSSL arm fine-tunes the BiSSL backbone, the table,
 plots and report exist, and running the same command again reruns nothing. The baseline arms
 then run one configuration each in the same work directory (the BiSSL variants and the weighted
-sum reuse its head warm-up): the new single-level arms through ``bissl compare``, the others as
+sum reuse its head warm-up): the new single-level arms through ``bissl compare`` (the weighted sum
+from its shipped config, data_mix from the one derived from the BiSSL config), the others as
 their preparation and one fine-tuning trial in this process. Images are read at 16 px and Ray
 workers are reused across the trials of a search (``--reuse-actors``).
 """
@@ -100,8 +101,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         str(CONFIGS / "bissl_simclr_resnet18_synthetic.py"),
         "--weighted-sum-config",
         str(CONFIGS / "weighted_sum_simclr_resnet18_synthetic.py"),
-        "--data-mix-config",
-        str(CONFIGS / "data_mix_simclr_resnet18_synthetic.py"),
         "--backbone",
         str(pretext["backbone"]),
         "--head",
@@ -294,6 +293,9 @@ def test_baseline_arms_one_configuration_each(compared: dict) -> None:
         assert run["steps"] == steps and run["train_cfg"]["type"] == loop
         trained = load_backbone_state(export / f"{kind}_backbone.pth")
         assert any(not torch.equal(before[k], trained[k]) for k in before), arm
+    # data_mix had no --data-mix-config: its config was derived from --bissl-config
+    derived = work / "prepare" / "data_mix_bissl_simclr_resnet18_synthetic.py"
+    assert "DataMixLoop" in derived.read_text()
     weighted = work / "prepare/weighted_sum_0.25/export/weighted_sum_config.json"
     weighted_run = json.loads(weighted.read_text())
     assert weighted_run["train_cfg"]["w"] == 0.25
