@@ -92,7 +92,7 @@ def staged_directory(root: str | Path) -> Iterator[Path]:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(
             f"output directory {root} already exists and is not empty; remove it or choose "
-            "another --out (the generator never writes into or over existing data)"
+            "another output directory (data is never written into or over existing data)"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"

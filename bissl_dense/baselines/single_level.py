@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bissl_dense.core import linear_warmup_cosine
-from bissl_dense.distributed import get_world_size, is_distributed
+from bissl_dense.distributed import all_reduce_mean_, get_world_size
 from bissl_dense.engine.bissl_loop import BiSSLLoop, BiSSLModel, _loader_options
 from bissl_dense.engine.hooks import json_plain, unwrap_model
 from bissl_dense.errors import ConfigError
@@ -293,12 +293,7 @@ class SingleLevelLoop(BaseLoop):
 
     def _average_gradients(self, params: list[torch.Tensor]) -> None:
         """Data parallel: every rank holds a replica (BiSSLReplicas); average the gradients."""
-        if not (is_distributed() and get_world_size() > 1):
-            return
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= get_world_size()
+        all_reduce_mean_([p.grad for p in params if p.grad is not None])
 
     def _should_validate(self) -> bool:
         if not self.val_interval or self.runner.val_loop is None:
@@ -370,19 +365,12 @@ class ExportBackboneHook(Hook):
         self.exported: dict[str, Path] = {}
 
     def after_train(self, runner: Any) -> None:
-        import json
-
-        from bissl_dense.fileio import atomic_torch_save, atomic_write_text
+        from bissl_dense.pretext.weights import export_backbone
 
         if not is_main_process():
             return
         model = unwrap_model(runner.model)
         loop = runner.train_loop
-        state = {
-            k: v.detach().cpu().clone()
-            for k, v in model.lower.backbone.state_dict().items()
-            if not k.startswith("fc.")
-        }
         out = Path(runner.work_dir) / self.out_subdir
         config = {
             "baseline": self.name,
@@ -399,8 +387,7 @@ class ExportBackboneHook(Hook):
             "config": out / f"{self.name}_config.json",
             "backbone": out / f"{self.name}_backbone.pth",
         }
-        atomic_write_text(paths["config"], json.dumps(config, sort_keys=True, indent=4) + "\n")
-        atomic_torch_save(state, paths["backbone"])  # last: its presence means "done"
+        export_backbone(model.lower.backbone, config, paths["backbone"], paths["config"])
         self.exported = paths
         runner.logger.info(f"exported the {self.name} backbone: {paths['backbone']}")
 

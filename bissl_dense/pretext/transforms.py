@@ -366,27 +366,8 @@ def _random_resized_crop(
     )
 
 
-def pretext_view_transform(
-    image_size: int = 96,
-    min_scale: float = 0.5,
-    blur_p: float = 1.0,
-    solarize_p: float = 0.0,
-    crop_mode: CropMode = "scale",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    interpolation: InterpolationMode = InterpolationMode.BICUBIC,
-) -> PretextView:
-    """One view's pipeline (:class:`PretextView`)."""
-    return PretextView(
-        image_size=image_size,
-        min_scale=min_scale,
-        blur_p=blur_p,
-        solarize_p=solarize_p,
-        crop_mode=crop_mode,
-        mean=mean,
-        std=std,
-        interpolation=interpolation,
-    )
+#: One view's pipeline; the name the transform had before it became :class:`PretextView`.
+pretext_view_transform = PretextView
 
 
 class PretextAugmentation:
@@ -417,8 +398,8 @@ class PretextAugmentation:
             interpolation=interpolation,
         )
         self.view_transforms: tuple[PretextView, PretextView] = (
-            pretext_view_transform(blur_p=1.0, solarize_p=0.0, **common),  # type: ignore[arg-type]
-            pretext_view_transform(blur_p=0.1, solarize_p=0.2, **common),  # type: ignore[arg-type]
+            PretextView(blur_p=1.0, solarize_p=0.0, **common),  # type: ignore[arg-type]
+            PretextView(blur_p=0.1, solarize_p=0.2, **common),  # type: ignore[arg-type]
         )
 
     @property

@@ -32,6 +32,7 @@ from bissl_dense.fileio import atomic_torch_save, atomic_write_text
 __all__ = [
     "IncompatibleBackboneKeys",
     "bissl_file_names",
+    "export_backbone",
     "export_bissl",
     "export_pretext",
     "load_backbone_into",
@@ -163,18 +164,32 @@ def export_bissl(
     ``..._config_id-<id>.json`` the run's settings.
     """
     names = bissl_file_names(task, downstream, dataset, arch, run_id)
-    state = lower_backbone.state_dict() if isinstance(lower_backbone, nn.Module) else lower_backbone
+    paths = {kind: Path(out_dir) / name for kind, name in names.items()}
+    export_backbone(
+        lower_backbone, config, paths["lower_backbone"], paths["config"], "export_bissl"
+    )
+    return paths
+
+
+def export_backbone(
+    backbone: nn.Module | Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    backbone_path: PathLike,
+    config_path: PathLike,
+    what: str = "export_backbone",
+) -> None:
+    """Write a backbone (torchvision names, ``fc.*`` dropped, CPU tensors) and its run's JSON
+    config, each atomically; the config first, so that the backbone file's presence means the
+    export is complete (what the resumable stages check). ``what`` names the caller in errors."""
+    state = backbone.state_dict() if isinstance(backbone, nn.Module) else backbone
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    tensors = _tensor_state(state, "lower backbone state")
+    tensors = _tensor_state(state, f"{what}: backbone state")
     try:
         config_text = json.dumps(dict(config), sort_keys=True, indent=4)
     except TypeError as err:
-        raise TypeError(f"export_bissl: config must be JSON-serialisable: {err}") from err
-    out = Path(out_dir)
-    paths = {kind: out / name for kind, name in names.items()}
-    atomic_torch_save(tensors, paths["lower_backbone"])
-    atomic_write_text(paths["config"], config_text + "\n")
-    return paths
+        raise TypeError(f"{what}: config must be JSON-serialisable: {err}") from err
+    atomic_write_text(config_path, config_text + "\n")
+    atomic_torch_save(tensors, backbone_path)
 
 
 # --------------------------------------------------------------------------------------------
