@@ -126,9 +126,21 @@ SOLVERS: tuple[str, ...] = ("cg", "minres", "recycled")
 # vector helpers (a "vector" is a list of tensors, one per parameter)
 
 
+def _inner(x: Tensor, y: Tensor) -> Tensor:
+    """<x, y>, the same bits wherever x and y lie in memory. ``torch.dot`` would avoid the
+    temporary x * y but its CPU kernel rounds by alignment (2 results over 16 offsets of one
+    vector, measured), and every rank of a distributed solve must compute the same CG scalars
+    from the same (all-reduced) vectors, or the ranks' upper steps drift apart."""
+    return torch.sum(x * y)
+
+
 def _dots(a: Sequence[Tensor], b: Sequence[Tensor], mode: CGMode) -> list[Tensor]:
-    """Per-tensor inner products (layer-wise CG) or the global one repeated for every tensor."""
-    per_tensor = [torch.sum(x * y) for x, y in zip(a, b, strict=True)]
+    """Per-tensor inner products (layer-wise CG) or the global one repeated for every tensor.
+    ``a is b`` (the residual's squared norm) takes the norm kernel: no temporary a * a."""
+    if a is b:
+        per_tensor = [n.square() for n in torch._foreach_norm(list(a))] if a else []
+    else:
+        per_tensor = [_inner(x, y) for x, y in zip(a, b, strict=True)]
     if mode == "layerwise":
         return per_tensor
     total = torch.stack(per_tensor).sum()
@@ -136,11 +148,11 @@ def _dots(a: Sequence[Tensor], b: Sequence[Tensor], mode: CGMode) -> list[Tensor
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return torch.stack([torch.sum(x * y) for x, y in zip(a, b, strict=True)]).sum()
+    return torch.stack([_inner(x, y) for x, y in zip(a, b, strict=True)]).sum()
 
 
 def _norm(a: Sequence[Tensor]) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a]))
+    return torch.linalg.vector_norm(torch.stack(list(torch._foreach_norm(list(a)))))
 
 
 def _axpy(y: Sequence[Tensor], alpha: Tensor | float, x: Sequence[Tensor]) -> Vectors:
@@ -190,7 +202,8 @@ def _cg(
     mode: CGMode,
     x0: Sequence[Tensor] | None = None,
     ax0: Sequence[Tensor] | None = None,
-) -> tuple[Vectors, Vectors]:
+    with_image: bool = True,
+) -> tuple[Vectors, Vectors | None]:
     if mode not in ("layerwise", "global"):
         raise ValueError(f"cg must be 'layerwise' or 'global', got {mode!r}")
     if x0 is None or ax0 is None:
@@ -210,7 +223,7 @@ def _cg(
         beta = _ratios(rr_new, rr, mode)
         _axpy_(_scale_(p, beta), 1.0, r)  # p = r + β p
         rr = rr_new
-    return x, _axpy(rhs, -1.0, r)
+    return x, _axpy(rhs, -1.0, r) if with_image else None
 
 
 def _ratios(num: Sequence[Tensor], den: Sequence[Tensor], mode: CGMode) -> list[Tensor]:
@@ -242,7 +255,7 @@ def conjugate_gradient(
     A start ``x0`` costs one product for its residual.
     """
     ax0 = None if x0 is None else matvec(list(x0))
-    return _cg(matvec, rhs, iters, mode, x0, ax0)[0]
+    return _cg(matvec, rhs, iters, mode, x0, ax0, with_image=False)[0]
 
 
 def _minres(
@@ -251,8 +264,10 @@ def _minres(
     iters: int,
     x0: Sequence[Tensor] | None = None,
     ax0: Sequence[Tensor] | None = None,
-) -> tuple[Vectors, Vectors]:
-    """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`."""
+    with_image: bool = True,
+) -> tuple[Vectors, Vectors | None]:
+    """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`. ``with_image=False``
+    does not track A x (5 of the 17 vector passes per iteration: only the warm start needs A x)."""
     b = [t.clone() for t in rhs] if ax0 is None else _axpy(rhs, -1.0, ax0)
     tiny = torch.finfo(rhs[0].dtype).tiny
     # Lanczos: q_1 = b / β_1;  β_{k+1} q_{k+1} = A q_k − α_k q_k − β_k q_{k−1}.
@@ -271,17 +286,25 @@ def _minres(
     phi_bar = beta.clone()
     # search directions w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k and their images A w_k,
     # each computed in the storage of the one two steps back (in place: see _axpy_)
-    w_prev2, w_prev, aw_prev2, aw_prev, d, ad = (
-        [torch.zeros_like(t) for t in rhs] for _ in range(6)
+    w_prev2, w_prev, d = ([torch.zeros_like(t) for t in rhs] for _ in range(3))
+    aw_prev2, aw_prev, ad = (
+        ([torch.zeros_like(t) for t in rhs] for _ in range(3)) if with_image else ([], [], [])
     )
     for _ in range(iters):
         aq = matvec(q)
         alpha = _dot(q, aq)
-        z = _axpy_(_axpy(aq, -alpha, q), -beta, q_prev)
-        beta_next = _norm(z)
         epsilon = eps_next
         delta = c * delta_bar + s * alpha
         gamma_bar = s * delta_bar - c * alpha
+        # A w_k's numerator needs A q_k, and z = A q_k − α q_k − β q_{k−1} is then formed in
+        # A q_k's own storage: no model-sized allocation per iteration beyond the product's.
+        aw = (
+            _axpy_(_axpy_(_scale_(aw_prev2, -epsilon), -delta, aw_prev), 1.0, aq)
+            if with_image
+            else []
+        )
+        z = _axpy_(_axpy_(aq, -alpha, q), -beta, q_prev)
+        beta_next = _norm(z)
         eps_next = s * beta_next
         delta_bar = -c * beta_next
         gamma = torch.sqrt(gamma_bar**2 + beta_next**2).clamp_min(tiny)
@@ -289,17 +312,20 @@ def _minres(
         tau = c * phi_bar
         phi_bar = s * phi_bar
         inverse_gamma = 1.0 / gamma
-        w = _scale_(
-            _axpy_(_axpy_(_scale_(w_prev2, -epsilon), -delta, w_prev), 1.0, q), inverse_gamma
+        # (q − δ w_{k−1} − ε w_{k−2}) / γ with 1/γ folded into the coefficients: 3 passes, not 4
+        w = _axpy_(
+            _axpy_(_scale_(w_prev2, -epsilon * inverse_gamma), -delta * inverse_gamma, w_prev),
+            inverse_gamma,
+            q,
         )
-        aw = _scale_(
-            _axpy_(_axpy_(_scale_(aw_prev2, -epsilon), -delta, aw_prev), 1.0, aq), inverse_gamma
-        )
+        _scale_(aw, inverse_gamma)
         _axpy_(d, tau, w)
         _axpy_(ad, tau, aw)
         w_prev2, w_prev, aw_prev2, aw_prev = w_prev, w, aw_prev, aw
         q_prev, q = q, _scale_(z, _safe_div(torch.ones_like(beta_next), beta_next))
         beta = beta_next
+    if not with_image:
+        return (d if x0 is None else _axpy_(d, 1.0, x0)), None
     if x0 is None or ax0 is None:
         return d, ad
     return _axpy_(d, 1.0, x0), _axpy_(ad, 1.0, ax0)
@@ -318,7 +344,7 @@ def minres(
     arithmetic. One product per iteration (a start ``x0`` costs one more for its residual).
     """
     ax0 = None if x0 is None else matvec(list(x0))
-    return _minres(matvec, rhs, iters, x0, ax0)[0]
+    return _minres(matvec, rhs, iters, x0, ax0, with_image=False)[0]
 
 
 class _RecycledSubspace:
@@ -734,20 +760,23 @@ class ImplicitSolver:
     def solve(self, vectors: Sequence[Tensor]) -> list[Tensor]:
         """Approximate (I + H/(λ+δ))⁻¹ v with this stage's products; detached tensors."""
         vectors = self._checked(vectors)
+        warm = self.warm_start and self.solver != "recycled"  # only the warm start needs A x
+        ax: Vectors | None
         try:
             if self.solver == "recycled":
                 k = self.iters if len(self._space) == 0 else self.recycle_iters
                 x, ax = _recycled(self._matvec, vectors, k, self._space)
             elif self.solver == "minres":
-                x, ax = _minres(self._matvec, vectors, self.iters)
+                x, ax = _minres(self._matvec, vectors, self.iters, with_image=warm)
             else:
-                x, ax = _cg(self._matvec, vectors, self.iters, self.cg)
+                x, ax = _cg(self._matvec, vectors, self.iters, self.cg, with_image=warm)
         finally:
             self._restore_buffers()
-        x, ax = [t.detach() for t in x], [t.detach() for t in ax]
+        x = [t.detach() for t in x]
         self.last_unwarmed = x  # this solve's own solution (measurements of the warm start)
-        if self.warm_start and self.solver != "recycled":
-            x, ax = self._with_previous(vectors, x, ax)
+        if warm:
+            assert ax is not None
+            x, ax = self._with_previous(vectors, x, [t.detach() for t in ax])
             self._previous = (x, ax)
         return x
 

@@ -364,6 +364,27 @@ def test_minres_residual_never_increases_and_cg_can_exceed_one() -> None:
     assert all(mk <= ck + 1e-12 for mk, ck in zip(m, residuals["cg"]))
 
 
+@pytest.mark.parametrize("solver", ["minres", "cg"])
+def test_solvers_image_of_the_solution_is_a_times_x_and_optional(solver: str) -> None:
+    """The A x the solvers return from their recurrences (the warm start's input) equals the
+    dense product, and leaving it out (with_image=False) changes nothing in x."""
+    from bissl_dense.core.implicit import _cg, _minres
+
+    a, b = _indefinite_system()
+    matvec = _as_tensors(a)
+    rhs = [b[:5], b[5:]]
+    for k in (1, 2, 3, 7):
+        if solver == "minres":
+            x, ax = _minres(matvec, rhs, k)
+            x_only, none = _minres(matvec, rhs, k, with_image=False)
+        else:
+            x, ax = _cg(matvec, rhs, k, "global")
+            x_only, none = _cg(matvec, rhs, k, "global", with_image=False)
+        assert none is None
+        assert torch.equal(torch.cat(x), torch.cat(x_only))
+        torch.testing.assert_close(torch.cat(ax), a @ torch.cat(x), rtol=1e-9, atol=1e-10)
+
+
 def test_minres_exact_zero_residual_and_zero_rhs_are_stable() -> None:
     matvec = lambda v: [2 * t for t in v]  # noqa: E731
     x = minres(matvec, [torch.zeros(3), torch.ones(2)], iters=6)
