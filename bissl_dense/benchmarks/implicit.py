@@ -17,7 +17,8 @@ Prints, and optionally writes as JSON:
     products, the baseline the ratios of issue 13 were first stated against),
   - ``stage/<hvp>[/<solver>]``: a whole stage (``begin_stage``, 8 solves, ``end_stage``) of
     :class:`~bissl_dense.core.implicit.ImplicitSolver` divided by 8 (graph / base gradient
-    built once per stage; ``recycled``: K products for the first solve, 1 for each later one);
+    built once per stage; global CG unless named: ``minres`` is BiSSLConfig's default solver,
+    ``recycled`` K products for the first solve and 1 for each later one);
   each as a ratio to ``per_step/recompute``, to the authors' scheme and in gradients of the
   lower loss;
 * the rest of a BiSSL upper step (``BilevelStep.upper_step`` without its solve: the upper loss's
@@ -260,11 +261,18 @@ def run(
                 for b, saved in zip(buffers, buffer_snapshot, strict=True):
                     b.copy_(saved)
 
-    def stage(**options: Any) -> Callable[[], list[list[Tensor]]]:
-        def solve_stage() -> list[list[Tensor]]:
+    def stage(**options: Any) -> Callable[..., list[list[Tensor]]]:
+        def solve_stage(keep: bool = False) -> list[list[Tensor]]:
+            """The stage's solves; timed with ``keep=False``: an upper step consumes its solution
+            and drops it, whereas holding all N_U of them (N_U model-sized vectors of fresh
+            memory) added 0.1-0.3 s per upper step on the CPU (page faults), measured."""
             solver = ImplicitSolver(**common, **options)
             solver.begin_stage(hessian_loss, params, buffers)
-            solutions = [solver.solve(v) for v in rhs]
+            solutions = []
+            for v in rhs:
+                x = solver.solve(v)
+                if keep:
+                    solutions.append(x)
             solver.end_stage()
             return solutions
 
@@ -287,7 +295,7 @@ def run(
             p.grad = g
         step.upper_optimizer.step()
 
-    cases: dict[str, tuple[Callable[[], Any], int]] = {  # name: (call, upper steps it covers)
+    cases: dict[str, tuple[Callable[..., Any], int]] = {  # name: (call, upper steps it covers)
         "gradient": (gradient, 1),
         "finetune_step": (finetune_step, 1),
         "authors/recompute (K+1 products)": (authors_scheme, 1),
@@ -296,6 +304,11 @@ def run(
         "per_step/finite_difference": (per_step("finite_difference"), 1),
         "stage/exact": (stage(hvp="exact"), upper_steps),
         "stage/finite_difference": (stage(hvp="finite_difference"), upper_steps),
+        "stage/exact/minres": (stage(hvp="exact", solver="minres"), upper_steps),
+        "stage/finite_difference/minres": (
+            stage(hvp="finite_difference", solver="minres"),
+            upper_steps,
+        ),
         "stage/exact/recycled": (stage(hvp="exact", solver="recycled"), upper_steps),
         "upper_step_without_solve": (upper_rest, 1),
     }
@@ -324,7 +337,7 @@ def run(
     }
     outputs: dict[str, Any] = {}
     if quality_only:  # one untimed pass of the solves whose quality is reported
-        outputs = {name: cases[name][0]() for name in _QUALITY_CASES}
+        outputs = {name: cases[name][0](keep=True) for name in _QUALITY_CASES}
     else:
         # Warm-up with the cheap cases only (thread pools, allocator, convolution primitives for
         # these shapes): a full round of the expensive ones would cost as much as a repetition,
@@ -344,6 +357,10 @@ def run(
                 if rep == 0:
                     outputs[name] = out
             print(f"  repetition {rep + 1}/{repeats} done", flush=True)
+        # the stages' solutions for the quality figures: one more, untimed pass of each
+        outputs.update(
+            {name: cases[name][0](keep=True) for name in cases if name.startswith("stage/")}
+        )
         med = {k: statistics.median(v) for k, v in seconds.items()}
         base_time = med["per_step/recompute"]
         ij_cases = [k for k in cases if k.startswith(("authors/", "per_step/", "stage/"))]
