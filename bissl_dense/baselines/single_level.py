@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from bissl_dense.core import linear_warmup_cosine
 from bissl_dense.distributed import all_reduce_mean_, get_world_size
-from bissl_dense.engine.bissl_loop import BiSSLLoop, BiSSLModel, _loader_options
+from bissl_dense.engine.bissl_loop import BiSSLModel, _loader_options, runner_batch_source
 from bissl_dense.engine.hooks import json_plain, unwrap_model
 from bissl_dense.errors import ConfigError
 
@@ -284,7 +284,7 @@ class SingleLevelLoop(BaseLoop):
     def _source(self, dataset: Any, data: Mapping[str, Any], seed: int) -> Iterator[Any]:
         """Batches of one stream from the step reached: BiSSL's sources (same seeding, workers,
         device), one batch per step and no stages, so a reshuffle when the data set is used up."""
-        return BiSSLLoop._source(self, dataset, data, 1, seed)(self._iter)  # type: ignore[arg-type]
+        return runner_batch_source(self.runner, dataset, data, 1, seed)(self._iter)
 
     def _set_lr(self, optimizer: torch.optim.Optimizer) -> None:
         for group in optimizer.param_groups:

@@ -244,6 +244,26 @@ def _loader_options(cfg: Mapping[str, Any] | None, where: str) -> tuple[Any, dic
     return SeededDataset(dataset), options
 
 
+def runner_batch_source(
+    runner: Any, dataset: Any, data: Mapping[str, Any], stage_length: int, seed: int
+) -> Any:
+    """:func:`~bissl_dense.stage.data.batch_source` for an mmengine run: this rank's slice of
+    ``dataset`` with the loader options ``data``, on the device of the runner's model."""
+    device = next(unwrap_model(runner.model).parameters()).device
+    return batch_source(
+        dataset,
+        batch_size=int(data["batch_size"]),
+        stage_length=stage_length,
+        seed=seed,
+        rank=get_rank(),
+        world_size=get_world_size(),
+        num_workers=int(data.get("num_workers", 0)),
+        collate_fn=data.get("collate_fn"),
+        pin_memory=bool(data.get("pin_memory", False)) and device.type == "cuda",
+        device=device,
+    )
+
+
 @LOOPS.register_module()
 class BiSSLLoop(BaseLoop):
     """Runs T alternations of N_L lower and N_U upper steps (SPEC §3) as mmengine iterations.
@@ -307,19 +327,7 @@ class BiSSLLoop(BaseLoop):
         return 0
 
     def _source(self, dataset: Any, data: dict[str, Any], stage_length: int, seed: int) -> Any:
-        device = next(unwrap_model(self.runner.model).parameters()).device
-        return batch_source(
-            dataset,
-            batch_size=int(data["batch_size"]),
-            stage_length=stage_length,
-            seed=seed,
-            rank=get_rank(),
-            world_size=get_world_size(),
-            num_workers=int(data.get("num_workers", 0)),
-            collate_fn=data.get("collate_fn"),
-            pin_memory=bool(data.get("pin_memory", False)) and device.type == "cuda",
-            device=device,
-        )
+        return runner_batch_source(self.runner, dataset, data, stage_length, seed)
 
     def _should_validate(self) -> bool:
         if not self.val_interval or self.runner.val_loop is None:
