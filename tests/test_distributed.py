@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bissl_dense.distributed import (
     is_distributed,
     rank_offset,
 )
+from tests._distributed import free_port
 
 
 def test_single_process_fallbacks() -> None:
@@ -34,12 +34,6 @@ def test_single_process_fallbacks() -> None:
         assert torch.equal(t, b)
     with pytest.raises(ValueError, match="local_size"):
         rank_offset(-1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_inputs(rank: int) -> dict[str, torch.Tensor]:
@@ -102,7 +96,7 @@ def test_two_rank_gather_and_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # Spawned workers unpickle `_worker` by module name: make this test module importable.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
     world_size = 2
-    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)
+    mp.spawn(_worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     inputs = [_rank_inputs(r) for r in range(world_size)]
 

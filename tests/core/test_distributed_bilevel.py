@@ -4,7 +4,6 @@ their batches. The tiny model has no batch-coupled layers, so the equivalence is
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bissl_dense.core import BiSSLConfig
+from tests._distributed import free_port
 from tests.core._tiny_bilevel import make_data, make_models, make_step, make_trainer
 
 CONFIG = dict(alternations=2, lower_steps=2, upper_steps=2, cg_iters=3, lam=0.01, damping=1.0)
@@ -51,15 +51,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, hvp: str, cg: s
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(("hvp", "cg"), [("exact", "layerwise"), ("finite_difference", "global")])
 def test_two_ranks_equal_one_process_on_the_union(tmp_path: Path, hvp: str, cg: str) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), hvp, cg), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), hvp, cg), nprocs=2, join=True)
     single = _train(0, 1, hvp, cg)
     torch.set_default_dtype(torch.float32)
     _, initial_upper = make_models()

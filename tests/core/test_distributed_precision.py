@@ -10,7 +10,6 @@ upper step without overflow then updates both replicas identically.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bissl_dense.core import BiSSLConfig
+from tests._distributed import free_port
 from tests.core.test_bilevel_precision import CONFIG, build, make_data
 
 
@@ -60,14 +60,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_overflow_on_one_rank_skips_the_step_on_both(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for result in results:
         assert result["first"] == {"skipped": True, "solves": 0, "scale": 32768.0}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bissl_dense.pretext.losses import BYOLLoss, NTXentLoss, byol_loss, nt_xent_loss
+from tests._distributed import free_port
 
 # --------------------------------------------------------------------------------------------
 # NT-Xent
@@ -82,12 +82,6 @@ def test_nt_xent_rejects_bad_input() -> None:
         nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _nt_xent_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -116,7 +110,7 @@ def test_nt_xent_two_ranks_equal_single_process_on_union(
     z1 = torch.randn(world_size * n, 5, dtype=torch.float64)
     z2 = torch.randn(world_size * n, 5, dtype=torch.float64)
     torch.save({"z1": z1, "z2": z2}, tmp_path / "union.pt")
-    mp.spawn(_nt_xent_rank, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)
+    mp.spawn(_nt_xent_rank, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size)
 
     ref_z1, ref_z2 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     ref_loss = nt_xent_loss(ref_z1, ref_z2, temperature=0.5, gather_distributed=False)

@@ -9,7 +9,6 @@ NT-Xent over all projections, so any difference comes from the collectives.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from bissl_dense.pretext.heads import ProjectionHead
 from bissl_dense.pretext.losses import nt_xent_loss
 from bissl_dense.pretext.methods import SimCLR
 from bissl_dense.stage import DownstreamTask, build_bilevel_step
+from tests._distributed import free_port
 
 N = 8  # union batch (pairs)
 CONFIG = dict(alternations=1, lower_steps=1, upper_steps=1, cg_iters=3, lam=0.01, damping=1.0)
@@ -155,15 +155,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_simclr_hvp_and_upper_update_match_one_process(tmp_path: Path, world: int) -> None:
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     torch.set_default_dtype(torch.float64)
     try:
         reference_ij = _ij_product(world, 0)
