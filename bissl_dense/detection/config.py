@@ -66,6 +66,10 @@ def add_bissl_config(cfg: CN) -> CN:
     # MODEL.RESNETS.NORM "GN", makes N processes compute exactly the union batch (tests)
     cfg.BISSL.PRETEXT.NORM = "BN"
     cfg.BISSL.RESULTS_FILE = "results.json"
+    # periodic checkpoints kept on disk (the newest; model_final is kept apart), as mmengine's
+    # max_keep_ckpts=2 in the mmengine configs: a BiSSL checkpoint (detector, pretext model, both
+    # optimisers) of R50-C4 is ~0.5 GB. 0 keeps every one.
+    cfg.SOLVER.MAX_TO_KEEP = 2
     cfg.DATASETS.VOC_ROOT = ""
     cfg.MODEL.ROI_HEADS.FREEZE_RES5 = False
     return cfg
@@ -99,6 +103,10 @@ def check_config(cfg: CN) -> None:
         problems.append(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: torchvision backbones expect RGB")
     if cfg.MODEL.RESNETS.DEPTH != 50:
         problems.append(f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH}: C4 BiSSL needs 50")
+    if int(cfg.SOLVER.MAX_TO_KEEP) < 0:
+        problems.append(
+            f"SOLVER.MAX_TO_KEEP={cfg.SOLVER.MAX_TO_KEEP} (>= 0; 0 keeps every checkpoint)"
+        )
     if cfg.BISSL.STAGE == "bissl" and cfg.BISSL.PRETEXT.METHOD not in ("simclr", "byol"):
         problems.append(f"BISSL.PRETEXT.METHOD={cfg.BISSL.PRETEXT.METHOD!r} (simclr or byol)")
     if problems:

@@ -140,6 +140,19 @@ def build_pretext(cfg: CfgNode, detector: nn.Module) -> PretextMethod:
     return pretext.to(detector.device)  # type: ignore[attr-defined]
 
 
+def periodic_checkpointer(
+    cfg: CfgNode, checkpointer: Any, max_iter: int
+) -> hooks.PeriodicCheckpointer:
+    """detectron2's periodic checkpointer keeping the newest ``SOLVER.MAX_TO_KEEP`` (0: all)."""
+    kept = int(cfg.SOLVER.MAX_TO_KEEP)
+    return hooks.PeriodicCheckpointer(
+        checkpointer,
+        int(cfg.SOLVER.CHECKPOINT_PERIOD),
+        max_iter=max_iter,
+        max_to_keep=kept if kept > 0 else None,
+    )
+
+
 class _Checkpointable:
     """Adapts ``state_dict``/``load_state_dict`` owners for detectron2's checkpointer."""
 
@@ -213,11 +226,7 @@ class BiSSLTrainer(TrainerBase):
             LevelLearningRate("upper", self.step_fn.upper_optimizer),
         ]
         if comm.is_main_process():
-            out.append(
-                hooks.PeriodicCheckpointer(
-                    self.checkpointer, int(cfg.SOLVER.CHECKPOINT_PERIOD), max_iter=self.max_iter
-                )
-            )
+            out.append(periodic_checkpointer(cfg, self.checkpointer, self.max_iter))
         out.append(hooks.EvalHook(int(cfg.TEST.EVAL_PERIOD), self.test))
         if comm.is_main_process():
             out.append(
@@ -334,6 +343,16 @@ class FinetuneTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):  # noqa: ANN206
         return PascalVOCDetectionEvaluator(dataset_name)
+
+    def build_hooks(self) -> list[HookBase | None]:
+        """``DefaultTrainer``'s hooks, with the periodic checkpointer keeping the newest
+        ``SOLVER.MAX_TO_KEEP`` (detectron2's own keeps every one)."""
+        return [
+            periodic_checkpointer(self.cfg, self.checkpointer, self.max_iter)
+            if isinstance(hook, hooks.PeriodicCheckpointer)
+            else hook
+            for hook in super().build_hooks()
+        ]
 
     def resume_or_load(self, resume: bool = True) -> None:
         if resume and self.checkpointer.has_checkpoint():

@@ -95,8 +95,10 @@ class _Kill(HookBase):
 def test_killed_run_resumes_to_the_same_weights(
     voc: Path, straight_run: Path, tmp_path: Path
 ) -> None:
-    # checkpoints (detector, pretext model, both optimisers: ~0.5 GB each) only where needed
+    # checkpoints (detector, pretext model, both optimisers: ~0.5 GB each) only where needed,
+    # and only the newest one kept
     opts = [*BISSL, *SCHEDULE, "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()"]
+    opts += ["SOLVER.MAX_TO_KEEP", "1"]
     killed = BiSSLTrainer(tiny_cfg(voc, tmp_path, *opts))
     killed.register_hooks([_Kill(at=1)])  # inside the upper stage: its Hessian batch is held
     with pytest.raises(KeyboardInterrupt):
@@ -107,6 +109,10 @@ def test_killed_run_resumes_to_the_same_weights(
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2 and resumed.bilevel.hessian_batch is not None
     resumed.train()
+    # the resumed run wrote iterations 3 and 5 and kept the newest (the killed run's iteration 1
+    # is not its own: detectron2's checkpointer prunes only what it wrote)
+    assert not (tmp_path / "model_0000003.pth").exists()
+    assert (tmp_path / "model_0000005.pth").is_file()
     # both checkpoints are read with weights_only=True
     got = torch.load(tmp_path / "model_final.pth", weights_only=True)
     expected = torch.load(straight_run / "model_final.pth", weights_only=True)
@@ -294,7 +300,7 @@ def test_finetune_killed_run_resumes_and_reports_ap50(
     """Fine-tuning (``FinetuneTrainer``, the standard recipe's trainer) killed after its first
     iteration resumes with ``--resume`` from that checkpoint (every tensor restored, at the next
     iteration), finishes and writes AP50."""
-    from detectron2.engine import DefaultTrainer
+    from detectron2.engine.hooks import PeriodicCheckpointer
 
     from bissl_dense.detection.trainer import FinetuneTrainer
 
@@ -302,11 +308,11 @@ def test_finetune_killed_run_resumes_and_reports_ap50(
     argv = ["--config-file", str(TINY_CONFIG), "--num-gpus", "1"]
     opts = ["MODEL.WEIGHTS", "random", "DATASETS.VOC_ROOT", str(voc), "OUTPUT_DIR", str(out)]
     opts += ["BISSL.STAGE", "finetune", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    opts += ["SOLVER.MAX_TO_KEEP", "3"]
+    build_hooks = FinetuneTrainer.build_hooks
     with monkeypatch.context() as patch:
         patch.setattr(
-            FinetuneTrainer,
-            "build_hooks",
-            lambda self: [*DefaultTrainer.build_hooks(self), _Kill(at=0)],
+            FinetuneTrainer, "build_hooks", lambda self: [*build_hooks(self), _Kill(at=0)]
         )
         with pytest.raises(KeyboardInterrupt):
             train_net.main(argv + opts)
@@ -319,11 +325,14 @@ def test_finetune_killed_run_resumes_and_reports_ap50(
     def spy(self: FinetuneTrainer, resume: bool = True) -> None:
         original(self, resume=resume)
         resumed["start_iter"] = self.start_iter
+        resumed["kept"] = [
+            h.max_to_keep for h in self._hooks if isinstance(h, PeriodicCheckpointer)
+        ]
         resumed["state"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     monkeypatch.setattr(FinetuneTrainer, "resume_or_load", spy)
     assert train_net.main([*argv[:4], "--resume", *argv[4:], *opts]) == 0
-    assert resumed["start_iter"] == 1
+    assert resumed["start_iter"] == 1 and resumed["kept"] == [3]
     state = resumed["state"]
     assert isinstance(state, dict) and state.keys() == checkpoint["model"].keys()
     for key, value in checkpoint["model"].items():
