@@ -21,6 +21,9 @@ Prints, and optionally writes as JSON:
     ``recycled`` K products for the first solve and 1 for each later one);
   each as a ratio to ``per_step/recompute``, to the authors' scheme and in gradients of the
   lower loss;
+* one product alone, exact (a double backward through a held graph) and recomputed (forward
+  pass, first-order graph, double backward): their ratio is the floor of the exact mode against
+  the recompute baseline, since an exact stage still pays one double backward per product;
 * the rest of a BiSSL upper step (``BilevelStep.upper_step`` without its solve: the upper loss's
   gradients at θ_U and at θ_L, the SGD step) and one plain fine-tuning step (ResNet-18 + linear
   head, SGD); the full upper step (rest + solve) in fine-tuning steps for every mode;
@@ -380,6 +383,13 @@ def run(
         result["bissl_upper_step_over_finetune_step"] = {
             k: (rest + med[k]) / med["finetune_step"] for k in ij_cases
         }
+        result["one_product_seconds"] = _one_product_seconds(hessian_loss, params, rhs, repeats)
+        floor = result["one_product_seconds"]
+        # K exact products cost K double backwards however the graph is amortised: against K
+        # recomputed products the exact mode cannot go below this ratio
+        result["exact_floor_ratio_to_recompute"] = floor["exact"] / floor["recompute"]
+        for buffer, saved in zip(buffers, buffer_snapshot, strict=True):
+            buffer.copy_(saved)  # the recomputed products' forward passes updated them
     graph_mib, exact_solver = _graph_mib(
         lambda: _begun(ImplicitSolver(**common, hvp="exact"), hessian_loss, params, buffers),
         list(lower.parameters()),
@@ -481,6 +491,26 @@ def run(
     return result
 
 
+def _one_product_seconds(
+    loss_fn: Callable[[], Tensor], params: list[Tensor], rhs: list[list[Tensor]], repeats: int
+) -> dict[str, float]:
+    """Median seconds of one product: ``exact`` a double backward through a held first-order
+    graph (what each product of an exact stage costs), ``recompute`` a forward pass, first-order
+    graph and double backward (the authors' product); interleaved."""
+    held = make_hvp(loss_fn, params, "exact")
+    recomputing = make_hvp(loss_fn, params, "recompute")
+    device = params[0].device
+    seconds: dict[str, list[float]] = {"exact": [], "recompute": []}
+    for rep in range(max(3, repeats)):
+        for name, product in (("exact", held), ("recompute", recomputing)):
+            start = time.perf_counter()
+            product(rhs[rep % len(rhs)])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in seconds.items()}
+
+
 # What ``quality_only`` runs (once, untimed) before the solver comparison: the stage's global CG
 # solves. The other solvers (layer-wise CG, MINRES, warm starts) are run by the comparison itself.
 _QUALITY_CASES: tuple[str, ...] = ("stage/exact",)
@@ -538,6 +568,12 @@ def _print_timing(result: dict[str, Any]) -> None:
     print(
         "exact mode holds its first-order graph during a stage: "
         f"{result['stage_graph_mib']:.1f} MiB"
+    )
+    product = result["one_product_seconds"]
+    print(
+        f"one product: exact (double backward through a held graph) {product['exact']:.4f} s, "
+        f"recomputed {product['recompute']:.4f} s: the exact mode's floor is "
+        f"{result['exact_floor_ratio_to_recompute']:.3f} x recompute"
     )
     print("BiSSL upper step / fine-tuning step:")
     for name, r in result["bissl_upper_step_over_finetune_step"].items():

@@ -118,6 +118,8 @@ FDScheme = Literal["central", "forward"]
 SolverKind = Literal["cg", "minres", "recycled"]
 HessianVectorProduct = Callable[[Sequence[Tensor]], list[Tensor]]
 Vectors = list[Tensor]
+# v ↦ (u, c) with H v = c·u: a product whose scalar factor is left to the solvers (_Operator)
+ScaledProduct = Callable[[Sequence[Tensor]], tuple[Vectors, Tensor | float]]
 
 SOLVERS: tuple[str, ...] = ("cg", "minres", "recycled")
 
@@ -149,6 +151,19 @@ def _dots(a: Sequence[Tensor], b: Sequence[Tensor], mode: CGMode) -> list[Tensor
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return torch.stack([_inner(x, y) for x, y in zip(a, b, strict=True)]).sum()
+
+
+def _dot_into(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Sequence[Tensor]) -> Tensor:
+    """<a, b> as :func:`_dot` computes it (the same bits: the elementwise products are summed
+    from an aligned buffer either way), with the products written into ``scratch`` instead of a
+    new model-sized temporary."""
+    sums = [torch.mul(x, y, out=s).sum() for x, y, s in zip(a, b, scratch, strict=True)]
+    return torch.stack(sums).sum()
+
+
+def _scaled(x: Sequence[Tensor], alpha: Tensor | float) -> Vectors:
+    """alpha * x (a new vector)."""
+    return list(torch._foreach_mul(list(x), alpha)) if x else []
 
 
 def _norm(a: Sequence[Tensor]) -> Tensor:
@@ -192,11 +207,54 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# solvers: each returns (x, A x), the latter from its own recurrences (no extra product)
+# the operator A = shift·I + scale·H, and the solvers: each returns (x, A x), the latter from its
+# own recurrences (no extra product)
+
+
+class _Operator:
+    """A = shift·I + scale·H, H given by a product returning (u, c) with H x = c·u.
+
+    The products' own factor c (1/ε of finite differences) and A's shift and scale are scalars
+    the solvers can fold into their recurrences instead of spending passes over model-sized
+    vectors on them: on the CPU such a pass costs as much as a small convolution (about 3 ms on
+    ResNet-18), and MINRES made 12 per iteration (0.15-0.18 s of vector work per solve on the
+    benchmark's ResNet-18, 0.11-0.14 s now). ``u`` is a new vector that the solvers may overwrite.
+    """
+
+    def __init__(self, product: ScaledProduct, shift: float = 0.0, scale: float = 1.0) -> None:
+        if not scale > 0:
+            raise ValueError(f"the operator's scale must be > 0, got {scale}")
+        self.product, self.shift, self.scale = product, shift, scale
+
+    @classmethod
+    def from_matvec(cls, matvec: HessianVectorProduct) -> _Operator:
+        """A given as x ↦ A x (shift 0, scale 1); an output aliasing its input is copied."""
+
+        def product(x: Sequence[Tensor]) -> tuple[Vectors, float]:
+            return _unaliased(matvec(x), x), 1.0
+
+        return cls(product)
+
+    def apply(self, x: Sequence[Tensor]) -> Vectors:
+        """A x (a new vector)."""
+        u, c = self.product(x)
+        factor = self.scale * c
+        if not (isinstance(factor, float) and factor == 1.0):
+            _scale_(u, factor)
+        if self.shift != 0.0:
+            _axpy_(u, self.shift, x)
+        return u
+
+
+def _unaliased(hx: Sequence[Tensor], x: Sequence[Tensor]) -> Vectors:
+    """``hx`` with every tensor that shares memory with one of ``x`` copied (an autograd output
+    may be its grad_output itself on a trivial graph; the solvers overwrite products in place)."""
+    ids = {xi.data_ptr() for xi in x}
+    return [h.clone() if h.data_ptr() in ids else h for h in hx]
 
 
 def _cg(
-    matvec: HessianVectorProduct,
+    op: _Operator,
     rhs: Sequence[Tensor],
     iters: int,
     mode: CGMode,
@@ -215,7 +273,7 @@ def _cg(
     p = [t.clone() for t in r]
     rr = _dots(r, r, mode)
     for _ in range(iters):
-        ap = matvec(p)
+        ap = op.apply(p)
         alpha = _ratios(rr, _dots(p, ap, mode), mode)
         _axpy_(x, alpha, p)
         _axpy_(r, _negated(alpha, mode), ap)
@@ -254,57 +312,78 @@ def conjugate_gradient(
     system has no coupling between tensors (block-diagonal matrix) and a heuristic otherwise.
     A start ``x0`` costs one product for its residual.
     """
-    ax0 = None if x0 is None else matvec(list(x0))
-    return _cg(matvec, rhs, iters, mode, x0, ax0, with_image=False)[0]
+    op = _Operator.from_matvec(matvec)
+    ax0 = None if x0 is None else op.apply(list(x0))
+    return _cg(op, rhs, iters, mode, x0, ax0, with_image=False)[0]
 
 
 def _minres(
-    matvec: HessianVectorProduct,
+    op: _Operator,
     rhs: Sequence[Tensor],
     iters: int,
     x0: Sequence[Tensor] | None = None,
     ax0: Sequence[Tensor] | None = None,
     with_image: bool = True,
 ) -> tuple[Vectors, Vectors | None]:
-    """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`. ``with_image=False``
-    does not track A x (5 of the 17 vector passes per iteration: only the warm start needs A x)."""
-    b = [t.clone() for t in rhs] if ax0 is None else _axpy(rhs, -1.0, ax0)
-    tiny = torch.finfo(rhs[0].dtype).tiny
-    # Lanczos: q_1 = b / β_1;  β_{k+1} q_{k+1} = A q_k − α_k q_k − β_k q_{k−1}.
-    beta = _norm(b)
-    q_prev, q = (
-        [torch.zeros_like(t) for t in rhs],
-        _scale_(b, _safe_div(torch.ones_like(beta), beta)),
-    )
+    """MINRES on the correction d of A (x0 + d) = rhs; see :func:`minres`.
+
+    Arranged for the cost of passes over model-sized vectors (:class:`_Operator`):
+
+    * the first Lanczos vector is the right-hand side itself, q_1 = m_1 p_1 with the scalar
+      m_1 = 1/||b|| (later ones are normalised, m_k = 1: p_k = q_k), and the product's factor and
+      A's shift and scale live in the scalars: with H p_k = c u,
+      A q_k = σ q_k + g u where g = s m_k c, so  y = A q_k − β_k q_{k−1} = σ q_k + g ŷ  with
+      ŷ = u − (β_k m_{k−1} / g) p_{k−1},  α_k = σ + g m_k <p_k, ŷ>, and the next Lanczos vector
+      z = y − α_k q_k = g ẑ with ẑ = ŷ − m_k² <p_k, ŷ> p_k, all formed in u's storage;
+    * α_k is taken after β_k q_{k−1} is removed (the modified Gram-Schmidt order, the variant
+      Paige (1976) showed to be the stable one);
+    * p_{k−1} is dead once ŷ is formed: its storage takes the dot product's temporary, then the
+      search direction w_k;
+    * A x, when asked for, is rhs − r_k with the residual's own recurrence
+      r_k = s_k² r_{k−1} − φ̄_k c_k q_{k+1} (2 passes per iteration, not the 5 of A w_k's).
+
+    Per iteration (from the third): 10 passes besides the product, 12 and a temporary before.
+    """
+    sigma, scale = op.shift, op.scale
+    # p_1 = b = rhs − A x0; the caller's rhs is read, never written
+    p: Vectors = _axpy(rhs, -1.0, ax0) if ax0 is not None else list(rhs)
+    p_is_ours = ax0 is not None
+    tiny = torch.finfo(p[0].dtype).tiny
+    norm = _norm(p)
+    one = torch.ones_like(norm)
+    m = _safe_div(one, norm)
+    beta = norm  # β_1; it multiplies q_0 = 0, which is skipped
     # QR of the (k+1) × k tridiagonal Lanczos matrix by Givens rotations (c_k, s_k); the k-th
     # column after the two previous rotations is (ε_k, δ_k, γ̄_k, β_{k+1}). The residual norm of
     # x_k is |φ̄_k| with φ̄_0 = β_1, φ̄_k = s_k φ̄_{k−1}.
-    c = torch.full_like(beta, -1.0)
-    s = torch.zeros_like(beta)
-    delta_bar = torch.zeros_like(beta)
-    eps_next = torch.zeros_like(beta)
-    phi_bar = beta.clone()
-    # search directions w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k and their images A w_k,
-    # each computed in the storage of the one two steps back (in place: see _axpy_)
-    w_prev2, w_prev, d = ([torch.zeros_like(t) for t in rhs] for _ in range(3))
-    aw_prev2, aw_prev, ad = (
-        ([torch.zeros_like(t) for t in rhs] for _ in range(3)) if with_image else ([], [], [])
-    )
+    c = -one
+    s = torch.zeros_like(norm)
+    delta_bar = torch.zeros_like(norm)
+    eps_next = torch.zeros_like(norm)
+    phi_bar = norm.clone()
+    p_prev: Vectors | None = None
+    m_prev = one
+    prev_is_ours = False
+    w_prev2: Vectors | None = None
+    w_prev: Vectors | None = None
+    d: Vectors | None = None
+    r = [t.clone() for t in p] if with_image else []  # r_0 = b
     for _ in range(iters):
-        aq = matvec(q)
-        alpha = _dot(q, aq)
+        u, product_factor = op.product(p)
+        g = scale * m * product_factor  # s·H q_k = g·u
+        if p_prev is not None:
+            _axpy_(u, -_safe_div(beta * m_prev, g), p_prev)  # ŷ
+        scratch = (
+            p_prev if p_prev is not None and prev_is_ours else [torch.empty_like(t) for t in p]
+        )
+        projection = _dot_into(p, u, scratch)  # <p_k, ŷ>
+        alpha = sigma + g * m * projection
+        _axpy_(u, -(m * m * projection), p)  # ẑ
+        z_norm = _norm(u)
+        beta_next = g * z_norm
         epsilon = eps_next
         delta = c * delta_bar + s * alpha
         gamma_bar = s * delta_bar - c * alpha
-        # A w_k's numerator needs A q_k, and z = A q_k − α q_k − β q_{k−1} is then formed in
-        # A q_k's own storage: no model-sized allocation per iteration beyond the product's.
-        aw = (
-            _axpy_(_axpy_(_scale_(aw_prev2, -epsilon), -delta, aw_prev), 1.0, aq)
-            if with_image
-            else []
-        )
-        z = _axpy_(_axpy_(aq, -alpha, q), -beta, q_prev)
-        beta_next = _norm(z)
         eps_next = s * beta_next
         delta_bar = -c * beta_next
         gamma = torch.sqrt(gamma_bar**2 + beta_next**2).clamp_min(tiny)
@@ -312,23 +391,27 @@ def _minres(
         tau = c * phi_bar
         phi_bar = s * phi_bar
         inverse_gamma = 1.0 / gamma
-        # (q − δ w_{k−1} − ε w_{k−2}) / γ with 1/γ folded into the coefficients: 3 passes, not 4
-        w = _axpy_(
-            _axpy_(_scale_(w_prev2, -epsilon * inverse_gamma), -delta * inverse_gamma, w_prev),
-            inverse_gamma,
-            q,
-        )
-        _scale_(aw, inverse_gamma)
-        _axpy_(d, tau, w)
-        _axpy_(ad, tau, aw)
-        w_prev2, w_prev, aw_prev2, aw_prev = w_prev, w, aw_prev, aw
-        q_prev, q = q, _scale_(z, _safe_div(torch.ones_like(beta_next), beta_next))
+        # w_k = (q_k − δ_k w_{k−1} − ε_k w_{k−2}) / γ_k, in the scratch storage (p_{k−1}'s)
+        w = [torch.mul(t, m * inverse_gamma, out=o) for t, o in zip(p, scratch, strict=True)]
+        if w_prev is not None:
+            _axpy_(w, -delta * inverse_gamma, w_prev)
+        if w_prev2 is not None:
+            _axpy_(w, -epsilon * inverse_gamma, w_prev2)
+        d = _scaled(w, tau) if d is None else _axpy_(d, tau, w)
+        # q_{k+1} = ẑ / ||ẑ||: the one normalisation pass; unnormalised, the vectors' scale would
+        # grow by ||H|| per iteration and overflow float32 where the curvature is large (BatchNorm
+        # over a few samples)
+        _scale_(u, _safe_div(one, z_norm))
+        if with_image:  # r_k = s_k² r_{k−1} − φ̄_k c_k q_{k+1}
+            _axpy_(_scale_(r, s * s), -phi_bar * c, u)
+        w_prev2, w_prev = w_prev, w
+        p_prev, m_prev, prev_is_ours = p, m, p_is_ours
+        p, m, p_is_ours = u, one, True
         beta = beta_next
-    if not with_image:
-        return (d if x0 is None else _axpy_(d, 1.0, x0)), None
-    if x0 is None or ax0 is None:
-        return d, ad
-    return _axpy_(d, 1.0, x0), _axpy_(ad, 1.0, ax0)
+    if d is None:
+        d = [torch.zeros_like(t) for t in rhs]
+    x = d if x0 is None else _axpy_(d, 1.0, x0)
+    return x, (_axpy(rhs, -1.0, r) if with_image else None)
 
 
 def minres(
@@ -343,8 +426,9 @@ def minres(
     never increases with k and equals the dense solve's (zero) after n iterations in exact
     arithmetic. One product per iteration (a start ``x0`` costs one more for its residual).
     """
-    ax0 = None if x0 is None else matvec(list(x0))
-    return _minres(matvec, rhs, iters, x0, ax0, with_image=False)[0]
+    op = _Operator.from_matvec(matvec)
+    ax0 = None if x0 is None else op.apply(list(x0))
+    return _minres(op, rhs, iters, x0, ax0, with_image=False)[0]
 
 
 class _RecycledSubspace:
@@ -388,13 +472,13 @@ class _RecycledSubspace:
 
 
 def _recycled(
-    matvec: HessianVectorProduct, rhs: Sequence[Tensor], iters: int, space: _RecycledSubspace
+    op: _Operator, rhs: Sequence[Tensor], iters: int, space: _RecycledSubspace
 ) -> tuple[Vectors, Vectors]:
     """GCR from the projection onto ``space``; every product extends the space (minimal residual
     over the whole stored subspace plus the new directions)."""
     x, r = space.project(rhs)
     for _ in range(iters):
-        u, w = space.add([t.clone() for t in r], matvec(r))
+        u, w = space.add([t.clone() for t in r], op.apply(r))
         coefficient = _dot(w, r)
         _axpy_(x, coefficient, u)
         _axpy_(r, -coefficient, w)
@@ -442,17 +526,18 @@ def _make_products(
     mode: HVPMode,
     fd_step: float | None,
     fd_scheme: FDScheme,
-) -> HessianVectorProduct:
-    """Build v ↦ H v; what can be built once (graph, base gradient, pattern) is built here."""
+) -> ScaledProduct:
+    """Build v ↦ (u, c) with H v = c·u (:class:`_Operator`); what can be built once (graph, base
+    gradient, pattern) is built here."""
     params = list(params)
     if mode == "exact":
         with torch.enable_grad():
             grads = gradients(evaluate(), params, create_graph=True)
         differentiable = [i for i, g in enumerate(grads) if g.requires_grad]
 
-        def exact(vectors: Sequence[Tensor]) -> list[Tensor]:
+        def exact(vectors: Sequence[Tensor]) -> tuple[Vectors, float]:
             if not differentiable:
-                return [torch.zeros_like(p) for p in params]
+                return [torch.zeros_like(p) for p in params], 1.0
             second = torch.autograd.grad(
                 [grads[i] for i in differentiable],
                 params,
@@ -462,21 +547,21 @@ def _make_products(
             )
             return [
                 torch.zeros_like(p) if h is None else h for p, h in zip(params, second, strict=True)
-            ]
+            ], 1.0
 
         return exact
 
     if mode == "recompute":
 
-        def recompute(vectors: Sequence[Tensor]) -> list[Tensor]:
+        def recompute(vectors: Sequence[Tensor]) -> tuple[Vectors, float]:
             with torch.enable_grad():
                 grads = gradients(evaluate(), params, create_graph=True)
                 dot = sum(
                     (g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad
                 )
                 if not isinstance(dot, Tensor) or not dot.requires_grad:
-                    return [torch.zeros_like(p) for p in params]
-                return gradients(dot, params)
+                    return [torch.zeros_like(p) for p in params], 1.0
+                return gradients(dot, params), 1.0
 
         return recompute
 
@@ -491,7 +576,7 @@ def _finite_difference_products(
     params: list[Tensor],
     fd_step: float | None,
     fd_scheme: FDScheme,
-) -> HessianVectorProduct:
+) -> ScaledProduct:
     if fd_scheme not in ("central", "forward"):
         raise ValueError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
     # The perturbed forward passes replay the activation pattern of the pass at θ (see
@@ -534,17 +619,19 @@ def _finite_difference_products(
                 for p, original in zip(params, saved, strict=True):
                     p.copy_(original)
 
-    def finite_difference(vectors: Sequence[Tensor]) -> list[Tensor]:
+    def finite_difference(vectors: Sequence[Tensor]) -> tuple[Vectors, Tensor]:
         if fd_step is not None:
             eps = torch.as_tensor(fd_step, dtype=norms.dtype, device=norms.device)
         else:
-            v_norms = torch.stack([v.norm() for v in vectors])
+            v_norms = torch.stack(list(torch._foreach_norm(list(vectors))))
             eps = relative_step / (v_norms / scales).max().clamp_min(info.tiny)
         plus = gradient_at(eps, vectors)  # fresh tensors: the differences are taken in place
+        # the 1/ε (1/2ε) is returned as the factor c of H v = c·u: the solvers fold it into their
+        # scalars instead of a pass over the vector
         if base_grad is not None:
-            return _scale_(_axpy_(plus, -1.0, base_grad), 1.0 / eps)
+            return _axpy_(plus, -1.0, base_grad), 1.0 / eps
         minus = gradient_at(-eps, vectors)
-        return _scale_(_axpy_(plus, -1.0, minus), 0.5 / eps)
+        return _axpy_(plus, -1.0, minus), 0.5 / eps
 
     return finite_difference
 
@@ -568,7 +655,13 @@ def make_hvp(
         with randomness.replay():
             return loss_fn()
 
-    return _make_products(evaluate, params, mode, fd_step, fd_scheme)
+    product = _make_products(evaluate, params, mode, fd_step, fd_scheme)
+
+    def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
+        u, c = product(vectors)
+        return u if isinstance(c, float) and c == 1.0 else _scale_(u, c)
+
+    return hvp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +746,7 @@ class ImplicitSolver:
         self._reset_stage_state()
 
     def _reset_stage_state(self) -> None:
-        self._hvp: HessianVectorProduct | None = None
+        self._hvp: ScaledProduct | None = None
         self._buffers: list[Tensor] = []
         self._saved_buffers: list[Tensor] = []
         self._previous: tuple[Vectors, Vectors] | None = None  # (x, A x) of the last solve
@@ -722,17 +815,20 @@ class ImplicitSolver:
                 )
         return vectors
 
-    def _matvec(self, x: Sequence[Tensor]) -> Vectors:
+    def _product(self, x: Sequence[Tensor]) -> tuple[Vectors, Tensor | float]:
+        """(u, c) with H x = c·u, u averaged over the ranks (c is the same on every rank: it
+        depends only on x, which the ranks share)."""
         assert self._hvp is not None
-        hx = self._hvp(x)
-        all_reduce_mean_(hx)
+        u, c = self._hvp(x)
+        u = _unaliased(u, x)
+        all_reduce_mean_(u)
         self.products += 1
-        scale = 1.0 / (self.lam + self.damping)
-        # x + scale·Hx in the storage of Hx, which the products return as new tensors (an
-        # autograd output may be its grad_output itself on a trivial graph: copied then)
-        ids = {xi.data_ptr() for xi in x}
-        hx = [h.clone() if h.data_ptr() in ids else h for h in hx]
-        return _axpy_(_scale_(hx, scale), 1.0, x)
+        return u, c
+
+    @property
+    def _operator(self) -> _Operator:
+        """A = I + H/(λ+δ) with this stage's products."""
+        return _Operator(self._product, shift=1.0, scale=1.0 / (self.lam + self.damping))
 
     def _with_previous(self, vectors: Vectors, x: Vectors, ax: Vectors) -> tuple[Vectors, Vectors]:
         """Warm start: the best combination α x + β x_prev of this solve's solution and the
@@ -765,11 +861,11 @@ class ImplicitSolver:
         try:
             if self.solver == "recycled":
                 k = self.iters if len(self._space) == 0 else self.recycle_iters
-                x, ax = _recycled(self._matvec, vectors, k, self._space)
+                x, ax = _recycled(self._operator, vectors, k, self._space)
             elif self.solver == "minres":
-                x, ax = _minres(self._matvec, vectors, self.iters, with_image=warm)
+                x, ax = _minres(self._operator, vectors, self.iters, with_image=warm)
             else:
-                x, ax = _cg(self._matvec, vectors, self.iters, self.cg, with_image=warm)
+                x, ax = _cg(self._operator, vectors, self.iters, self.cg, with_image=warm)
         finally:
             self._restore_buffers()
         x = [t.detach() for t in x]
@@ -784,7 +880,7 @@ class ImplicitSolver:
         """‖(I + H/(λ+δ))x − v‖ / ‖v‖ with this stage's products; costs one product."""
         vectors = self._checked(vectors)
         try:
-            ax = self._matvec([t.detach() for t in x])
+            ax = self._operator.apply([t.detach() for t in x])
         finally:
             self._restore_buffers()
         self.products -= 1  # a measurement, not part of the solve

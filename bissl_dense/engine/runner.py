@@ -9,6 +9,7 @@ fails at once, naming the path), and ``fit-head`` is the same run with a frozen 
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,31 @@ def prepare_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+_runners_built = itertools.count()
+
+
+def isolate_experiment(cfg: Config) -> None:
+    """Give the runner about to be built from ``cfg`` an experiment name no earlier runner of this
+    process had.
+
+    mmengine keys its process-global logger, message hub, visualizer and default scope by the
+    experiment name, ``<config file stem>_<timestamp to the second>``. A second runner built in
+    the same second from a config of the same file name (the stages and seeds ``bissl compare``
+    and the demo run in one process, tests) got the first runner's instances: it logged and wrote
+    its visualizer data into the first runner's folder and shared its message hub. The first
+    runner of a process keeps mmengine's usual name; later ones get ``-<n>`` appended.
+    """
+    n = next(_runners_built)
+    if n == 0:
+        return
+    base = cfg.get("experiment_name") or (Path(cfg.filename).stem if cfg.filename else "run")
+    cfg.experiment_name = f"{base}-{n}"
+
+
 def build_runner(cfg: Config) -> Runner:
     """A runner whose training data is already opened (bad data paths fail here, not later)."""
     prepare_cpu_distributed(cfg)
+    isolate_experiment(cfg)
     runner = Runner.from_cfg(cfg)
     _ = runner.train_loop  # builds the dataloader and the loop from their configs
     return runner
@@ -216,6 +239,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"config '{config}' has no {key}; it cannot be tested")
     cfg.load_from = str(path)
     prepare_cpu_distributed(cfg)
+    isolate_experiment(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = {k: float(v) for k, v in runner.test().items()}
     target = Path(out) if out is not None else Path(cfg.work_dir) / "test_results.json"

@@ -25,6 +25,9 @@ def test_tiny_run_reports_consistent_figures(tmp_path: Path) -> None:
     assert {"stage/exact", "stage/finite_difference", "stage/exact/recycled"} <= set(timed)
     assert all(s > 0 for s in timed.values())
     assert result["ratio_to_recompute"]["per_step/recompute"] == 1.0
+    product = result["one_product_seconds"]
+    assert product["exact"] > 0 and product["recompute"] > 0
+    assert result["exact_floor_ratio_to_recompute"] == product["exact"] / product["recompute"]
     errors = result["relative_error"]
     assert errors["per_step/exact_vs_recompute"] < 1e-5
     assert errors["stage/exact_vs_per_step/exact (solves 1 and N_U, max)"] < 1e-5

@@ -368,21 +368,68 @@ def test_minres_residual_never_increases_and_cg_can_exceed_one() -> None:
 def test_solvers_image_of_the_solution_is_a_times_x_and_optional(solver: str) -> None:
     """The A x the solvers return from their recurrences (the warm start's input) equals the
     dense product, and leaving it out (with_image=False) changes nothing in x."""
-    from bissl_dense.core.implicit import _cg, _minres
+    from bissl_dense.core.implicit import _cg, _minres, _Operator
 
     a, b = _indefinite_system()
     matvec = _as_tensors(a)
     rhs = [b[:5], b[5:]]
     for k in (1, 2, 3, 7):
         if solver == "minres":
-            x, ax = _minres(matvec, rhs, k)
-            x_only, none = _minres(matvec, rhs, k, with_image=False)
+            x, ax = _minres(_Operator.from_matvec(matvec), rhs, k)
+            x_only, none = _minres(_Operator.from_matvec(matvec), rhs, k, with_image=False)
         else:
-            x, ax = _cg(matvec, rhs, k, "global")
-            x_only, none = _cg(matvec, rhs, k, "global", with_image=False)
+            x, ax = _cg(_Operator.from_matvec(matvec), rhs, k, "global")
+            x_only, none = _cg(_Operator.from_matvec(matvec), rhs, k, "global", with_image=False)
         assert none is None
         assert torch.equal(torch.cat(x), torch.cat(x_only))
         torch.testing.assert_close(torch.cat(ax), a @ torch.cat(x), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver", ["minres", "cg"])
+def test_folded_operator_equals_the_assembled_matrix(solver: str) -> None:
+    """A = σI + sH with H x returned as (u, c), H x = c·u (the finite-difference products' 1/ε):
+    the solvers fold σ, s and c into their scalars and give the iterates of the same solver on
+    the assembled matrix, x and A x, at every K."""
+    from bissl_dense.core.implicit import _cg, _minres, _Operator
+
+    a, b = _indefinite_system()
+    sigma, s, c = 1.0, 0.1, 1e-3
+    h = (a - sigma * torch.eye(b.numel())) / s  # A = σI + sH
+    hmatvec = _as_tensors(h / c)  # u = H x / c
+
+    def product(x: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        return hmatvec(x), torch.tensor(c)
+
+    folded = _Operator(product, shift=sigma, scale=s)
+    assembled = _Operator.from_matvec(_as_tensors(a))
+    rhs = [b[:5], b[5:]]
+    run = _minres if solver == "minres" else lambda *args: _cg(*args[:3], "global")
+    for k in (1, 2, 3, 7, b.numel()):
+        x, ax = run(folded, rhs, k)
+        x_ref, ax_ref = run(assembled, rhs, k)
+        # the same arithmetic up to rounding (CG on this indefinite system amplifies it)
+        torch.testing.assert_close(torch.cat(x), torch.cat(x_ref), rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(torch.cat(ax), torch.cat(ax_ref), rtol=1e-7, atol=1e-9)
+
+
+def test_minres_keeps_float32_finite_where_the_curvature_is_huge() -> None:
+    """Products of norm ~1e15 (BatchNorm over a few samples gives such curvature): the Lanczos
+    vectors stay normalised, so K iterations in float32 neither overflow (unnormalised, the
+    third product would be ~1e45) nor lose the float64 solution."""
+    from bissl_dense.core.implicit import _minres, _Operator
+
+    a, b = _indefinite_system()
+    huge = 1e15
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        a_huge = (huge * a).to(dtype)
+        matvec = _as_tensors(a_huge)
+        rhs = [b[:5].to(dtype), b[5:].to(dtype)]
+        results[dtype] = torch.cat(_minres(_Operator.from_matvec(matvec), rhs, 6)[0])
+    assert torch.isfinite(results[torch.float32]).all()
+    torch.testing.assert_close(
+        results[torch.float32].double(), results[torch.float64], rtol=1e-4, atol=1e-4 / huge
+    )
 
 
 def test_minres_exact_zero_residual_and_zero_rhs_are_stable() -> None:
