@@ -345,6 +345,22 @@ def test_minres_equals_dense_solve_on_indefinite_system() -> None:
     torch.testing.assert_close(torch.cat(x), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-9)
 
 
+def test_minres_from_a_start_reaches_the_dense_solution() -> None:
+    """With x0, MINRES solves for the correction: the residual relative to x0's never increases
+    and the dense solution is reached after n iterations."""
+    a, b = _indefinite_system()
+    x0 = torch.randn(b.numel(), generator=torch.Generator().manual_seed(3))
+    matvec = _as_tensors(a)
+    start_residual = (a @ x0 - b).norm()
+    residuals = []
+    for k in range(b.numel() + 1):
+        x = torch.cat(minres(matvec, [b[:5], b[5:]], iters=k, x0=[x0[:5], x0[5:]]))
+        residuals.append(((a @ x - b).norm() / start_residual).item())
+    assert residuals[0] == pytest.approx(1.0)
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(residuals, residuals[1:]))
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-9)
+
+
 def test_minres_residual_never_increases_and_cg_can_exceed_one() -> None:
     a, b = _indefinite_system()
     matvec = _as_tensors(a)
