@@ -26,7 +26,9 @@ from bissl_dense.pretext import eval_transform
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretext"
 IMAGE_SIZE = 64
 BATCH = 32
-STEPS = 250
+# 160 steps: linear probe 0.755 vs 0.54 for the random network (125 steps: only 0.625 vs 0.54);
+# 250 steps took 70 s more on 2 cores.
+STEPS = 160
 STEPS_PER_EPOCH = 512 // BATCH
 
 
