@@ -64,7 +64,8 @@ from bissl_dense.core import (
     prefix_correspondence,
 )
 from bissl_dense.core.bilevel import restored_buffers
-from bissl_dense.core.implicit import ImplicitSolver, conjugate_gradient
+from bissl_dense.core.implicit import ImplicitSolver
+from bissl_dense.core.krylov import conjugate_gradient
 from bissl_dense.fileio import atomic_write_text
 from bissl_dense.pretext.backbones import build_backbone
 from bissl_dense.pretext.methods import SimCLR

@@ -17,7 +17,9 @@ from bissl_dense.core.correspondence import (
     CorrespondenceError,
     prefix_correspondence,
 )
-from bissl_dense.core.implicit import conjugate_gradient, implicit_jacobian_product, make_hvp
+from bissl_dense.core.hvp import make_hvp
+from bissl_dense.core.implicit import ImplicitSolver, implicit_jacobian_product
+from bissl_dense.core.krylov import SolveInfo, conjugate_gradient, minres
 
 __all__ = [
     "BackboneCorrespondence",
@@ -26,11 +28,14 @@ __all__ = [
     "BilevelStep",
     "BilevelTrainer",
     "CorrespondenceError",
+    "ImplicitSolver",
+    "SolveInfo",
     "conjugate_gradient",
     "implicit_jacobian_product",
     "iterate_batches",
     "linear_warmup_cosine",
     "make_hvp",
+    "minres",
     "phase_of_step",
     "prefix_correspondence",
 ]

@@ -32,6 +32,7 @@ their inputs (:mod:`bissl_dense.stage.builder`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,15 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from bissl_dense.core.correspondence import BackboneCorrespondence
-from bissl_dense.core.implicit import (
-    CGMode,
-    HVPMode,
-    ImplicitSolver,
-    SolverKind,
-    gradients,
-    make_hvp,
-)
+from bissl_dense.core.hvp import HVPMode, gradients, make_hvp
+from bissl_dense.core.implicit import ImplicitSolver, SolverKind
+from bissl_dense.core.krylov import CGMode
 from bissl_dense.distributed import all_reduce_mean_
+from bissl_dense.seeding import draw_seed
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -68,6 +65,7 @@ Phase = Literal["lower", "upper"]
 AutocastDType = Literal["bfloat16", "float16"]
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _REDUCED = frozenset(AUTOCAST_DTYPES.values())
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -170,6 +168,10 @@ def restored_buffers(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in zip(buffers, saved, strict=True):
                 b.data.copy_(value)
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def _trainable(params: Iterator[tuple[str, nn.Parameter]], exclude: set[str]) -> list[nn.Parameter]:
@@ -409,6 +411,7 @@ class BilevelStep:
             )
             if solvable:
                 ij_product = self._solve(lower_grad, hessian_batch)
+                metrics.update(self._solve_metrics())
             else:  # the overflow reaches the upper gradient, unscale_ sees it, the step is skipped
                 ij_product = lower_grad
             if solvable and cfg.residual_every and self.upper_updates % cfg.residual_every == 0:
@@ -442,6 +445,19 @@ class BilevelStep:
         finally:
             if one_shot:
                 self.end_upper_stage()
+
+    def _solve_metrics(self) -> dict[str, Tensor]:
+        """The solve's own relative residual (from its recurrences, no product) and, after a
+        breakdown, a warning naming the upper step, where the solver stopped and why."""
+        info = self.implicit_solver.last_info
+        if info is None:
+            return {}
+        metrics = {"upper/solver_breakdown": torch.tensor(float(info.breakdown is not None))}
+        if info.residual is not None:
+            metrics["upper/solver_residual"] = torch.tensor(info.residual)
+        if info.breakdown is not None:
+            _log.warning("BiSSL upper step %d: %s", self.upper_updates, info.describe())
+        return metrics
 
     def begin_upper_stage(self, hessian_batch: Any) -> None:
         """θ_L and the Hessian batch are fixed from here until :meth:`end_upper_stage`: build the
@@ -544,19 +560,52 @@ class BilevelTrainer:
             ``BatchStack(..., stage_length=N_L + 1)`` and ``BatchStack(..., stage_length=N_U)`` to
             get the paper's reshuffling; the trainer only counts what it consumes.
 
-    ``state_dict()`` holds everything a resumed run needs: the step counter, the batches consumed
-    per level, the Hessian batch when saved inside an upper stage, the optimisers' and schedulers'
-    state, and the random number generators. The caller saves the models' parameters.
+        seed, rank: with a ``seed``, every step runs under a random state derived from
+            (seed, step, rank), and every upper stage's Hessian-vector products under one derived
+            from (seed, the stage's first step, rank). Random operations inside the steps
+            (dropout, RoI sampling, masking) are then a function of where the run is, not of
+            what ran before, so a resumed run repeats them on every rank. Without a seed the
+            generator state is saved and restored, which is exact for one process only (a
+            checkpoint holds one rank's state).
+
+    ``state_dict()`` holds everything a resumed run needs besides the models' parameters: the
+    step counter, the batches consumed per level, the position of the Hessian batch when saved
+    inside an upper stage, the optimisers' and schedulers' state and the random state. It is the
+    same on every rank, so the rank that writes checkpoints may save it for all: each rank draws
+    its own Hessian batch back from its own batch source on resume (the sources are functions of
+    (seed, position, rank)), and its own random state from ``seed``.
     """
 
-    def __init__(self, step: BilevelStep, lower_batches: BatchSource, upper_batches: BatchSource):
+    def __init__(
+        self,
+        step: BilevelStep,
+        lower_batches: BatchSource,
+        upper_batches: BatchSource,
+        *,
+        seed: int | None = None,
+        rank: int = 0,
+    ) -> None:
         self.step_fn = step
         self.config = step.config
         self._make_lower, self._make_upper = lower_batches, upper_batches
+        self.seed, self.rank = seed, rank
         self.global_step = 0
         self.consumed = {"lower": 0, "upper": 0}
         self.hessian_batch: Any = None
         self._iters: dict[str, Iterator[Any] | None] = {"lower": None, "upper": None}
+
+    def _seed_for(self, step: int, stream: int) -> int:
+        assert self.seed is not None
+        return draw_seed(self.seed, step, 2 * self.rank + stream)
+
+    def _begin_stage(self, stage_start: int) -> None:
+        """Build the stage's products under the stage's own random state (seeded runs)."""
+        if self.seed is None:
+            self.step_fn.begin_upper_stage(self.hessian_batch)
+            return
+        with torch.random.fork_rng(devices=_cuda_devices()):
+            torch.manual_seed(self._seed_for(stage_start, 1))
+            self.step_fn.begin_upper_stage(self.hessian_batch)
 
     def _next(self, level: Phase) -> Any:
         if self._iters[level] is None:
@@ -575,6 +624,8 @@ class BilevelTrainer:
         if self.done:
             raise RuntimeError(f"BiSSL already ran all {self.config.total_steps} steps")
         phase, _, within = phase_of_step(self.global_step, self.config)
+        if self.seed is not None:
+            torch.manual_seed(self._seed_for(self.global_step, 0))  # CPU and every CUDA device
         if phase == "lower":
             self.step_fn.lower_model.train()
             metrics = self.step_fn.lower_step(self._next("lower"))
@@ -586,7 +637,7 @@ class BilevelTrainer:
             solver = self.step_fn.implicit_solver
             if not solver.active and not self.config.discard_implicit_jacobian:
                 # the stage's first step, or the first after a resume in mid-stage
-                self.step_fn.begin_upper_stage(self.hessian_batch)
+                self._begin_stage(self.global_step - within)
             self.step_fn.upper_model.train()  # both upper passes use batch statistics
             metrics = self.step_fn.upper_step(self._next("upper"), self.hessian_batch)
             if within == self.config.upper_steps - 1:
@@ -626,7 +677,10 @@ class BilevelTrainer:
         return {
             "global_step": self.global_step,
             "consumed": dict(self.consumed),
-            "hessian_batch": self.hessian_batch,
+            # the Hessian batch is the last lower batch drawn; each rank draws its own back
+            "hessian_batch_index": (
+                None if self.hessian_batch is None else self.consumed["lower"] - 1
+            ),
             "step": self.step_fn.state_dict(include_optimizers),
             "rng": rng,
             "config": asdict(self.config),
@@ -643,10 +697,23 @@ class BilevelTrainer:
             )
         self.global_step = int(state["global_step"])
         self.consumed = {k: int(v) for k, v in state["consumed"].items()}
-        self.hessian_batch = state["hessian_batch"]
         self.step_fn.load_state_dict(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.seed is None:  # a seeded run derives its random state from where it is
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self._iters = {"lower": None, "upper": None}
+        self.hessian_batch = None
+        index = state.get("hessian_batch_index")
+        if index is not None:
+            if index != self.consumed["lower"] - 1:
+                raise ValueError(
+                    f"the checkpoint's Hessian batch is lower batch {index}, but "
+                    f"{self.consumed['lower']} lower batches were consumed"
+                )
+            # this rank's own batch at that position (a checkpoint is written by one rank)
+            self._iters["lower"] = self._make_lower(index)
+            self.hessian_batch = next(self._iters["lower"])
+        elif state.get("hessian_batch") is not None:  # a checkpoint of an earlier version
+            self.hessian_batch = state["hessian_batch"]
         self.step_fn.end_upper_stage()  # a stage in progress is rebuilt at the next upper step

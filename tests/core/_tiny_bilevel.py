@@ -115,6 +115,7 @@ def make_trainer(
     upper_batch: int,
     rank: int = 0,
     world_size: int = 1,
+    seed: int | None = None,
 ) -> BilevelTrainer:
     lower_x, upper_x, upper_y = data
     cfg = step.config
@@ -143,4 +144,4 @@ def make_trainer(
         )
         return iterate_batches(stack, lambda idx: (upper_x[idx], upper_y[idx]))
 
-    return BilevelTrainer(step, lower_batches, upper_batches)
+    return BilevelTrainer(step, lower_batches, upper_batches, seed=seed, rank=rank)

@@ -326,3 +326,46 @@ def test_resnet_alternation_with_batchnorm_statistics_contract() -> None:
     assert all(torch.equal(after_lower[k], v) for k, v in stats().items())
     moved = {k: (v - theta_u[k]).abs().max().item() for k, v in upper.named_parameters()}
     assert moved["head.weight"] > 0 and moved["backbone.layer4.1.conv2.weight"] > 0
+
+
+def _failing_at_second_call(product):
+    calls = []
+
+    def failing(x):
+        calls.append(1)
+        u, c = product(x)
+        if len(calls) == 2:
+            u[0][0, 0] = float("nan")
+        return u, c
+
+    return failing
+
+
+def test_solver_breakdown_is_logged_and_the_best_finite_iterate_used(caplog) -> None:
+    """Issue 21: a non-finite Hessian-vector product (here the 2nd of K = 3) never reaches the
+    optimiser. The upper step uses MINRES's iterate before it (what K = 1 gives: the same
+    update), logs the step, where the solver stopped and the residual, and reports it."""
+    data = make_data()
+    lower_x, upper_x, upper_y = data
+    results = {}
+    for iters, fail in ((3, True), (1, False)):
+        cfg = BiSSLConfig(alternations=1, lower_steps=1, upper_steps=2, cg_iters=iters, damping=1.0)
+        lower, upper = make_models()
+        step = make_step(lower, upper, cfg, lr=(0.1, 0.1))
+        step.begin_upper_stage(lower_x[:8])
+        if fail:
+            step.implicit_solver._hvp = _failing_at_second_call(step.implicit_solver._hvp)
+        with caplog.at_level("WARNING", logger="bissl_dense.core.bilevel"):
+            metrics = step.upper_step((upper_x[:8], upper_y[:8]), lower_x[:8])
+        results[iters] = (metrics, _snapshot(upper))
+    metrics, failed = results[3]
+    assert metrics["upper/solver_breakdown"] == 1.0
+    assert 0.0 < metrics["upper/solver_residual"] <= 1.0
+    assert results[1][0]["upper/solver_breakdown"] == 0.0
+    for name, value in failed.items():
+        assert torch.isfinite(value).all(), name
+        torch.testing.assert_close(value, results[1][1][name], rtol=1e-12, atol=1e-14, msg=name)
+    (record,) = [r for r in caplog.records if "BiSSL upper step" in r.getMessage()]
+    message = record.getMessage()
+    assert message.startswith("BiSSL upper step 0: minres stopped at product 2 of 3")
+    assert "non-finite Hessian-vector product" in message and "relative residual" in message

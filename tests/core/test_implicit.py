@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, hessian
 
 from bissl_dense.core import conjugate_gradient, implicit_jacobian_product, make_hvp
-from bissl_dense.core.implicit import ImplicitSolver, minres
+from bissl_dense.core.implicit import ImplicitSolver
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,7 +110,14 @@ def test_layerwise_cg_equals_dense_solve_without_coupling() -> None:
         lambda: separable(a, b), [a, b], vectors, lam, damping=damping, iters=12, cg="layerwise"
     )
     expected = _dense_solution(loss_of_flat, [a, b], vectors, lam, damping)
-    torch.testing.assert_close(_flat(x), expected, rtol=1e-8, atol=1e-10)
+    # Exact up to the reference's guards: once b's 5-parameter block has converged (iteration 5
+    # of 12), its squared residuals are far below the 1e-12 added to both denominators, and the
+    # guarded recurrences move it by ~3e-6 relative (test_krylov.py checks the guards themselves).
+    torch.testing.assert_close(_flat(x), expected, rtol=1e-5, atol=1e-7)
+    x_b_only = implicit_jacobian_product(
+        lambda: separable(a, b), [a, b], vectors, lam, damping=damping, iters=5, cg="layerwise"
+    )
+    torch.testing.assert_close(_flat(x_b_only)[12:], expected[12:], rtol=1e-8, atol=1e-10)
 
 
 def test_layerwise_cg_on_coupled_problem_is_a_heuristic() -> None:
@@ -317,145 +324,6 @@ def test_functional_call_substitution_matches_module() -> None:
 # MINRES, the per-stage solver (amortised products, warm start, recycled subspace)
 
 
-def _indefinite_system(n: int = 12, seed: int = 7) -> tuple[Tensor, Tensor]:
-    """A symmetric matrix with eigenvalues of both signs (like I + H/(λ+δ) with H's negative
-    curvature below −(λ+δ)), and a right-hand side."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    eigenvalues = torch.linspace(-3.0, 5.0, n)
-    eigenvalues[n // 2] = 0.05  # one small eigenvalue: the hard direction
-    return q @ torch.diag(eigenvalues) @ q.T, torch.randn(n, generator=g)
-
-
-def _as_tensors(a: Tensor):
-    """matvec on a list of two tensors (lengths 5 and n − 5) from a dense matrix."""
-
-    def matvec(x: list[Tensor]) -> list[Tensor]:
-        y = a @ torch.cat(x)
-        return [y[:5], y[5:]]
-
-    return matvec
-
-
-def test_minres_equals_dense_solve_on_indefinite_system() -> None:
-    a, b = _indefinite_system()
-    assert torch.linalg.eigvalsh(a).min() < -1 and torch.linalg.eigvalsh(a).max() > 1
-    matvec = _as_tensors(a)
-    x = minres(matvec, [b[:5], b[5:]], iters=b.numel())
-    torch.testing.assert_close(torch.cat(x), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-9)
-
-
-def test_minres_from_a_start_reaches_the_dense_solution() -> None:
-    """With x0, MINRES solves for the correction: the residual relative to x0's never increases
-    and the dense solution is reached after n iterations."""
-    a, b = _indefinite_system()
-    x0 = torch.randn(b.numel(), generator=torch.Generator().manual_seed(3))
-    matvec = _as_tensors(a)
-    start_residual = (a @ x0 - b).norm()
-    residuals = []
-    for k in range(b.numel() + 1):
-        x = torch.cat(minres(matvec, [b[:5], b[5:]], iters=k, x0=[x0[:5], x0[5:]]))
-        residuals.append(((a @ x - b).norm() / start_residual).item())
-    assert residuals[0] == pytest.approx(1.0)
-    assert all(later <= earlier + 1e-12 for earlier, later in zip(residuals, residuals[1:]))
-    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-9)
-
-
-def test_minres_residual_never_increases_and_cg_can_exceed_one() -> None:
-    a, b = _indefinite_system()
-    matvec = _as_tensors(a)
-    rhs = [b[:5], b[5:]]
-    residuals = {"minres": [], "cg": []}
-    for k in range(b.numel() + 1):
-        for name, solve in (("minres", minres), ("cg", conjugate_gradient)):
-            x = torch.cat(solve(matvec, rhs, iters=k))
-            residuals[name].append(((a @ x - b).norm() / b.norm()).item())
-    m = residuals["minres"]
-    assert m[0] == pytest.approx(1.0)
-    assert all(later <= earlier + 1e-12 for earlier, later in zip(m, m[1:])), m
-    assert m[-1] < 1e-8
-    # the control: on this indefinite system CG's residual goes above ||b|| (worse than x = 0)
-    assert max(residuals["cg"]) > 1.0
-    # MINRES minimises the residual over the same Krylov space CG iterates in
-    assert all(mk <= ck + 1e-12 for mk, ck in zip(m, residuals["cg"]))
-
-
-@pytest.mark.parametrize("solver", ["minres", "cg"])
-def test_solvers_image_of_the_solution_is_a_times_x_and_optional(solver: str) -> None:
-    """The A x the solvers return from their recurrences (the warm start's input) equals the
-    dense product, and leaving it out (with_image=False) changes nothing in x."""
-    from bissl_dense.core.implicit import _cg, _minres, _Operator
-
-    a, b = _indefinite_system()
-    matvec = _as_tensors(a)
-    rhs = [b[:5], b[5:]]
-    for k in (1, 2, 3, 7):
-        if solver == "minres":
-            x, ax = _minres(_Operator.from_matvec(matvec), rhs, k)
-            x_only, none = _minres(_Operator.from_matvec(matvec), rhs, k, with_image=False)
-        else:
-            x, ax = _cg(_Operator.from_matvec(matvec), rhs, k, "global")
-            x_only, none = _cg(_Operator.from_matvec(matvec), rhs, k, "global", with_image=False)
-        assert none is None
-        assert torch.equal(torch.cat(x), torch.cat(x_only))
-        torch.testing.assert_close(torch.cat(ax), a @ torch.cat(x), rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("solver", ["minres", "cg"])
-def test_folded_operator_equals_the_assembled_matrix(solver: str) -> None:
-    """A = σI + sH with H x returned as (u, c), H x = c·u (the finite-difference products' 1/ε):
-    the solvers fold σ, s and c into their scalars and give the iterates of the same solver on
-    the assembled matrix, x and A x, at every K."""
-    from bissl_dense.core.implicit import _cg, _minres, _Operator
-
-    a, b = _indefinite_system()
-    sigma, s, c = 1.0, 0.1, 1e-3
-    h = (a - sigma * torch.eye(b.numel())) / s  # A = σI + sH
-    hmatvec = _as_tensors(h / c)  # u = H x / c
-
-    def product(x: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        return hmatvec(x), torch.tensor(c)
-
-    folded = _Operator(product, shift=sigma, scale=s)
-    assembled = _Operator.from_matvec(_as_tensors(a))
-    rhs = [b[:5], b[5:]]
-    run = _minres if solver == "minres" else lambda *args: _cg(*args[:3], "global")
-    for k in (1, 2, 3, 7, b.numel()):
-        x, ax = run(folded, rhs, k)
-        x_ref, ax_ref = run(assembled, rhs, k)
-        # the same arithmetic up to rounding (CG on this indefinite system amplifies it)
-        torch.testing.assert_close(torch.cat(x), torch.cat(x_ref), rtol=1e-7, atol=1e-9)
-        torch.testing.assert_close(torch.cat(ax), torch.cat(ax_ref), rtol=1e-7, atol=1e-9)
-
-
-def test_minres_keeps_float32_finite_where_the_curvature_is_huge() -> None:
-    """Products of norm ~1e15 (BatchNorm over a few samples gives such curvature): the Lanczos
-    vectors stay normalised, so K iterations in float32 neither overflow (unnormalised, the
-    third product would be ~1e45) nor lose the float64 solution."""
-    from bissl_dense.core.implicit import _minres, _Operator
-
-    a, b = _indefinite_system()
-    huge = 1e15
-    results = {}
-    for dtype in (torch.float32, torch.float64):
-        a_huge = (huge * a).to(dtype)
-        matvec = _as_tensors(a_huge)
-        rhs = [b[:5].to(dtype), b[5:].to(dtype)]
-        results[dtype] = torch.cat(_minres(_Operator.from_matvec(matvec), rhs, 6)[0])
-    assert torch.isfinite(results[torch.float32]).all()
-    torch.testing.assert_close(
-        results[torch.float32].double(), results[torch.float64], rtol=1e-4, atol=1e-4 / huge
-    )
-
-
-def test_minres_exact_zero_residual_and_zero_rhs_are_stable() -> None:
-    matvec = lambda v: [2 * t for t in v]  # noqa: E731
-    x = minres(matvec, [torch.zeros(3), torch.ones(2)], iters=6)
-    torch.testing.assert_close(_flat(x), _flat([torch.zeros(3), 0.5 * torch.ones(2)]))
-    x = minres(matvec, [torch.zeros(3), torch.zeros(2)], iters=3)
-    assert torch.equal(_flat(x), torch.zeros(5))
-
-
 def test_recycled_with_empty_subspace_is_minres() -> None:
     params, loss_fn, _ = _coupled_problem()
     v = [torch.randn_like(p) for p in params]
@@ -616,3 +484,74 @@ def test_solver_rejects_bad_options() -> None:
         ImplicitSolver(lam=0.1, solver="gmres")
     with pytest.raises(ValueError, match="no layer-wise variant"):
         ImplicitSolver(lam=0.1, solver="minres", cg="layerwise")
+
+
+def _simclr_resnet18_on_four_tiny_images() -> tuple[nn.Module, list[Tensor], object]:
+    """The tiny benchmark's lower level (issue 21): ResNet-18 with SimCLR's projector, NT-Xent on
+    two views of 2 images of 16 px, each view a forward pass of its own. BatchNorm then
+    normalises over 2 samples, at 1×1 in layer3-4: channels with a variance near 0 make ||H||
+    enormous (~1e17-1e18 in float32; the value depends on the CPU's convolution kernels)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18()
+    backbone.fc = nn.Identity()
+    projector = nn.Sequential(
+        nn.Linear(512, 256),
+        nn.BatchNorm1d(256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.BatchNorm1d(256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+    )
+    model = nn.Sequential(backbone, projector).float().train()
+    base = torch.randn(2, 3, 16, 16, dtype=torch.float32)
+    views = (base + 0.3 * torch.randn_like(base), base.flip(-1) + 0.3 * torch.randn_like(base))
+
+    def loss_fn() -> Tensor:
+        z = nn.functional.normalize(torch.cat([model(views[0]), model(views[1])]), dim=1)
+        logits = (z @ z.T / 0.5).masked_fill(torch.eye(4, dtype=torch.bool), float("-inf"))
+        return nn.functional.cross_entropy(logits, torch.tensor([2, 3, 0, 1]))
+
+    return model, list(backbone.parameters()), loss_fn
+
+
+@pytest.mark.parametrize(
+    ("solver", "cg", "hvp"),
+    [
+        ("minres", "global", "exact"),
+        ("minres", "global", "finite_difference"),
+        ("cg", "global", "exact"),
+        ("recycled", "global", "exact"),
+    ],
+)
+def test_stage_solves_stay_finite_with_batchnorm_over_four_images(
+    solver: str, cg: str, hvp: str
+) -> None:
+    """Issue 21: on this operator the solvers returned all-NaN solutions (every one of the
+    11,176,512 entries; MINRES is the default). The right-hand side has norm 2^20 (an upper
+    gradient of norm 16 under fp16's loss scale of 65536): the product of the unnormalised
+    vector, norm ~3e20, overflowed float32's sum of squares. Now every solver returns a finite
+    x, MINRES and the recycled solver without a breakdown and with a relative residual of at
+    most 1 (never worse than x = 0). (The layer-wise reference CG keeps the reference's
+    arithmetic: tests/core/test_krylov.py.)"""
+    model, params, loss_fn = _simclr_resnet18_on_four_tiny_images()
+    g = torch.Generator().manual_seed(1)
+    v = [torch.randn(p.shape, generator=g, dtype=torch.float32) for p in params]
+    total = torch.linalg.vector_norm(torch.stack([t.norm() for t in v]))
+    v = [2.0**20 * t / total for t in v]
+    solver_ = ImplicitSolver(lam=0.001, damping=10.0, iters=5, solver=solver, cg=cg, hvp=hvp)
+    solver_.begin_stage(loss_fn, params, list(model.buffers()))
+    try:
+        for _ in range(2 if solver == "recycled" else 1):  # the second starts from the subspace
+            x = solver_.solve(v)
+            info = solver_.last_info
+            assert info is not None and all(torch.isfinite(t).all() for t in x), info
+            if solver != "cg":
+                assert info.breakdown is None, info
+                assert info.residual is not None and info.residual <= 1.0 + 1e-6
+                if hvp == "exact":  # the residual measured by one more product
+                    assert solver_.relative_residual(x, v).item() <= 1.0 + 1e-3
+    finally:
+        solver_.end_stage()
