@@ -43,8 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from bissl_dense.core.correspondence import BackboneCorrespondence
-from bissl_dense.core.hvp import HVPMode, gradients, make_hvp
-from bissl_dense.core.implicit import ImplicitSolver, SolverKind
+from bissl_dense.core.hvp import HVP_MODES, HVPMode, gradients, make_hvp
+from bissl_dense.core.implicit import SOLVERS, ImplicitSolver, SolverKind
 from bissl_dense.core.krylov import CGMode
 from bissl_dense.distributed import all_reduce_mean_
 from bissl_dense.seeding import draw_seed
@@ -112,6 +112,19 @@ class BiSSLConfig:
             bad.append(f"residual_every={self.residual_every!r} (must be >= 0)")
         if self.lam + self.damping <= 0:
             bad.append(f"lam + damping = {self.lam + self.damping} (must be > 0)")
+        if self.solver not in SOLVERS:
+            bad.append(f"solver={self.solver!r} (one of {list(SOLVERS)})")
+        elif self.cg not in ("global", "layerwise") or (
+            self.cg == "layerwise" and self.solver != "cg"
+        ):
+            bad.append(
+                f"cg={self.cg!r} with solver={self.solver!r} ('layerwise' is the reference's CG "
+                "variant: solver='cg' only; otherwise 'global')"
+            )
+        if self.hvp not in HVP_MODES:
+            bad.append(f"hvp={self.hvp!r} (one of {list(HVP_MODES)})")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            bad.append(f"grad_clip_norm={self.grad_clip_norm!r} (> 0, or None for no clipping)")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             bad.append(
                 f"autocast={self.autocast!r} (None for float32, or one of {list(AUTOCAST_DTYPES)})"
@@ -168,6 +181,19 @@ def restored_buffers(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in zip(buffers, saved, strict=True):
                 b.data.copy_(value)
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) across ranks.
+
+    Each rank normalises with its own batch's statistics, so without this the running statistics
+    drift apart between the replicas: evaluation on several processes would use a different
+    model on each shard, and a run resumed from the checkpoint one rank wrote would give every
+    rank that rank's statistics (not bit-identical to the uninterrupted run). The mean over the
+    ranks of the running means is the running mean of the union batch (equal batch sizes); DDP
+    instead broadcasts rank 0's buffers. One collective; a no-op in a single process.
+    """
+    all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])
 
 
 def _cuda_devices() -> list[int]:
@@ -343,6 +369,7 @@ class BilevelStep:
             self.lower_scheduler.step()
         if self.after_lower_update is not None:
             self.after_lower_update(self.lower_updates)
+        average_buffers(self.lower_model)
         self.lower_updates += 1
         metrics = {
             "lower/pretext_loss": pretext_loss.detach(),
@@ -430,6 +457,7 @@ class BilevelStep:
         self._optimizer_step(self.upper_optimizer, scaler)
         if self.upper_scheduler is not None:
             self.upper_scheduler.step()
+        average_buffers(self.upper_model)
         self.upper_updates += 1
         if scaler is not None:
             metrics["upper/loss_scale"] = torch.tensor(scaler.get_scale())

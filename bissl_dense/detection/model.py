@@ -19,9 +19,15 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from torch import nn
 
+from bissl_dense.detection.correspondence import torchvision_name
 from bissl_dense.detection.weights import load_c4_weights
 
-__all__ = ["Res5ROIHeadsExtraNorm", "build_detector", "freeze_backbone_and_res5"]
+__all__ = [
+    "Res5ROIHeadsExtraNorm",
+    "build_detector",
+    "freeze_backbone_and_res5",
+    "frozen_modules",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +48,35 @@ else:  # a second import of this module (e.g. importlib test collection): reuse 
     Res5ROIHeadsExtraNorm = ROI_HEADS_REGISTRY.get("Res5ROIHeadsExtraNorm")
 
 
+def frozen_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules the head warm-up freezes: the backbone (res2-res4) and res5's blocks.
+
+    Exactly the modules whose parameters are the pretext backbone's (θ, torchvision ``conv1`` ...
+    ``layer4``). The extra norm after res5 (``roi_heads.res5.norm`` of
+    :class:`Res5ROIHeadsExtraNorm`) has no torchvision counterpart: it is part of the downstream
+    head φ_D, which BiSSL and fine-tuning train in train mode, so the warm-up trains it too
+    (SPEC §1 step 2: the downstream head is fitted on the frozen backbone). Frozen, it would stay
+    the identity in eval mode during the warm-up, and the box predictor would be warmed up on
+    un-normalised features and then see standardised ones from the first BiSSL step.
+    """
+    out: list[tuple[str, nn.Module]] = [("backbone", model.backbone)]
+    for name, child in model.roi_heads.res5.named_children():
+        full = f"roi_heads.res5.{name}"
+        names = [f"{full}.{p}" for p, _ in child.named_parameters()]
+        if names and all(torchvision_name(n) is not None for n in names):
+            out.append((full, child))
+    return out
+
+
 def freeze_backbone_and_res5(model: nn.Module) -> None:
-    """The head warm-up (SPEC §1 step 2): backbone and res5 fixed, BatchNorm statistics too."""
-    for name, module in model.named_modules():
-        if name == "backbone" or name == "roi_heads.res5":
-            module.requires_grad_(False)
-            module.eval()
-            # keep them in eval mode whatever model.train() does later
-            module.train = lambda mode=True, _m=module: _m  # type: ignore[method-assign]
+    """The head warm-up (SPEC §1 step 2): backbone and res5 fixed, their BatchNorm statistics
+    too; the RPN, the box predictor and the extra norm after res5 are trained
+    (:func:`frozen_modules`)."""
+    for _, module in frozen_modules(model):
+        module.requires_grad_(False)
+        module.eval()
+        # keep them in eval mode whatever model.train() does later
+        module.train = lambda mode=True, _m=module: _m  # type: ignore[method-assign]
 
 
 def build_detector(cfg: CfgNode, load_weights: bool = True) -> nn.Module:

@@ -40,11 +40,12 @@ def setup(args: argparse.Namespace) -> Any:
     from detectron2.engine import default_setup
 
     from bissl_dense.detection.config import load_config
-    from bissl_dense.detection.data import register_voc
+    from bissl_dense.detection.data import register_voc, register_voc_val_split
 
     cfg = load_config(args.config_file, args.opts)
     if cfg.DATASETS.VOC_ROOT:
         register_voc(cfg.DATASETS.VOC_ROOT)
+    register_voc_val_split(cfg)  # DATASETS.VAL_FRACTION > 0: voc_0712_val and the rest
     if cfg.SEED < 0:  # detectron2 would seed every process differently: replicas must agree
         cfg.SEED = int(cfg.BISSL.SEED)
     cfg.freeze()
@@ -59,9 +60,12 @@ def preflight(args: argparse.Namespace) -> None:
     traceback from each of the ``--num-gpus`` workers (``launch`` re-raises theirs).
     """
     from bissl_dense.detection.config import load_config
-    from bissl_dense.detection.data import check_voc_data
+    from bissl_dense.detection.data import check_voc_data, voc_val_split
 
-    check_voc_data(load_config(args.config_file, args.opts))
+    cfg = load_config(args.config_file, args.opts)
+    check_voc_data(cfg)
+    if float(cfg.DATASETS.VAL_FRACTION) > 0:  # written here once, before the workers read it
+        voc_val_split(cfg)
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:

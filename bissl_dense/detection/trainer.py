@@ -35,15 +35,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, hooks
 from detectron2.engine import defaults as d2_defaults
-from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from bissl_dense.core import BilevelTrainer, BiSSLConfig
+from bissl_dense.core import BilevelTrainer
+from bissl_dense.detection.config import bissl_config_of
 from bissl_dense.detection.correspondence import convert_state
 from bissl_dense.detection.data import lower_batch_source, upper_batch_source
-from bissl_dense.detection.evaluation import evaluate_voc
+from bissl_dense.detection.evaluation import evaluate_voc, voc_evaluator
 from bissl_dense.detection.model import build_detector
 from bissl_dense.detection.task import detection_task
 from bissl_dense.detection.weights import save_detectron2_pkl
@@ -63,24 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def bissl_config_of(cfg: CfgNode) -> BiSSLConfig:
-    """The core's :class:`BiSSLConfig` from the ``BISSL.*`` keys."""
-    b = cfg.BISSL
-    return BiSSLConfig(
-        lam=float(b.LAMBDA),
-        damping=float(b.DAMPING),
-        cg_iters=int(b.CG_ITERS),
-        cg=str(b.CG),  # type: ignore[arg-type]
-        hvp=str(b.HVP),  # type: ignore[arg-type]
-        grad_clip_norm=float(b.GRAD_CLIP) if float(b.GRAD_CLIP) > 0 else None,
-        discard_implicit_jacobian=bool(b.DISCARD_IJ),
-        alternations=int(b.ALTERNATIONS),
-        lower_steps=int(b.LOWER_STEPS),
-        upper_steps=int(b.UPPER_STEPS),
-        autocast=str(b.AUTOCAST) or None,  # type: ignore[arg-type]
-    )
 
 
 def use_group_norm(module: nn.Module) -> None:
@@ -206,6 +188,8 @@ class BiSSLTrainer(TrainerBase):
             self.step_fn,
             lower_batch_source(cfg, rank, world_size),
             upper_batch_source(cfg, rank, world_size),
+            seed=int(cfg.BISSL.SEED),
+            rank=rank,
         )
         self.max_iter = self.config.total_steps
         self.last_phase: str | None = None
@@ -342,7 +326,7 @@ class FinetuneTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):  # noqa: ANN206
-        return PascalVOCDetectionEvaluator(dataset_name)
+        return voc_evaluator(dataset_name)
 
     def build_hooks(self) -> list[HookBase | None]:
         """``DefaultTrainer``'s hooks, with the periodic checkpointer keeping the newest

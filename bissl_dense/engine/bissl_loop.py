@@ -85,6 +85,8 @@ class BiSSLModel(BaseModel):
             its ``backbone_checkpoint``/``head_checkpoint`` the pretrained weights.
         task: config of a registered downstream task (:mod:`bissl_dense.stage.tasks`); its
             backbone is initialised from the pretext backbone (θ_U = θ_L at the start, SPEC §3).
+        init_cfg: refused; every weight comes from the files named above (see
+            :meth:`init_weights`).
     """
 
     def __init__(
@@ -94,7 +96,13 @@ class BiSSLModel(BaseModel):
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if init_cfg:
+            raise ConfigError(
+                f"model.init_cfg={init_cfg!r}: the BiSSL model takes its weights from "
+                "model.pretext.backbone_checkpoint/head_checkpoint and model.task.head_checkpoint "
+                "(load_from for a whole BiSSL checkpoint); remove init_cfg"
+            )
+        super().__init__(data_preprocessor=data_preprocessor)
         self.lower = MODELS.build(pretext)
         if not callable(getattr(self.lower, "pretext_loss", None)):
             raise ConfigError(
@@ -104,6 +112,20 @@ class BiSSLModel(BaseModel):
         self.lower.reset_target()  # BYOL: the target starts at the loaded online weights
         self.task = build_task(task, self.lower.backbone)
         self.upper = self.task.model
+
+    def init_weights(self) -> None:
+        """Nothing to initialise: the weights were final when the model was built.
+
+        mmengine's ``Runner.train()`` calls ``init_weights()`` before the first step. The default
+        (``BaseModule.init_weights``) would run each submodule's own initialisation, and mmseg's
+        and mmdet's re-draw their convolutions and reset BatchNorm to (1, 0) over θ_U and the
+        warmed-up head loaded in ``__init__``: BiSSL then started from a random upper network
+        (issue 21). The start state of SPEC §3 is fixed at construction instead: the pretext
+        method loads its files, and each task builder runs its model's own default
+        initialisation before it copies θ_L in and loads the warmed-up head. Weights loaded
+        later (``load_from``, ``--resume``) are loaded after this call, as usual.
+        """
+        self._is_init = True
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Inference is the upper (downstream) model's; training goes through BiSSLLoop."""
@@ -363,7 +385,7 @@ class BiSSLLoop(BaseLoop):
         # Separate streams per level: both are pure functions of (seed, batches consumed).
         lower = self._source(self.lower_dataset, self.lower_data, cfg.lower_steps + 1, seed)
         upper = self._source(self.upper_dataset, self.upper_data, cfg.upper_steps, seed + 1)
-        return BilevelTrainer(step, lower, upper)
+        return BilevelTrainer(step, lower, upper, seed=seed, rank=get_rank())
 
     def run(self) -> nn.Module:
         runner = self.runner

@@ -22,6 +22,7 @@ from bissl_dense.errors import ConfigError
 from bissl_dense.segmentation.task import (
     load_head_from_checkpoint,
     mm_upper_loss,
+    run_default_init,
     start_from_pretext_backbone,
 )
 from bissl_dense.stage import DownstreamTask
@@ -80,6 +81,8 @@ def detection_c4_task(
         raise ConfigError(
             f"the C4 detector does not match the pretext backbone: {error}"
         ) from error
+    # mmdet's initialisation first (RPN and box head ~ N(0, 0.01) ...), then the files on top
+    run_default_init(model)
     start_from_pretext_backbone(lower_backbone, model, correspondence)
     if head_checkpoint:
         load_head_from_checkpoint(model, head_checkpoint, ("rpn_head.", "roi_head.bbox_head."))

@@ -28,6 +28,7 @@ from bissl_dense.stage.tasks import register_task
 __all__ = [
     "load_head_from_checkpoint",
     "mm_upper_loss",
+    "run_default_init",
     "segmentation_task",
     "start_from_pretext_backbone",
 ]
@@ -64,6 +65,20 @@ def mm_upper_loss(model: nn.Module):
         return _sum_losses(losses)
 
     return upper_loss
+
+
+def run_default_init(model: nn.Module) -> None:
+    """Run the model's own default initialisation (mmseg's / mmdet's ``init_cfg``s) now.
+
+    The task builders call this before they copy θ_L in and load the warmed-up head, so that the
+    parts no file provides get the framework's usual initialisation and the start state of SPEC
+    §3 is final once the task is built. ``BaseModule.init_weights`` marks the model initialised
+    (``is_init``), so a later ``init_weights()`` call (mmengine's ``Runner.train()``) leaves it
+    alone; :meth:`~bissl_dense.engine.bissl_loop.BiSSLModel.init_weights` does nothing anyway.
+    """
+    init_weights = getattr(model, "init_weights", None)
+    if callable(init_weights) and not getattr(model, "is_init", False):
+        init_weights()
 
 
 def start_from_pretext_backbone(
@@ -146,6 +161,13 @@ def segmentation_task(
     """
     from bissl_dense.segmentation.model import backbone_mismatches, build_segmentor
 
+    backbone_cfg = segmentor.get("backbone", {})
+    if segmentor.get("pretrained") or backbone_cfg.get("init_cfg"):
+        raise ConfigError(
+            "model.task.segmentor (its backbone) init_cfg="
+            f"{backbone_cfg.get('init_cfg') or segmentor.get('pretrained')!r}: the BiSSL stage "
+            "initialises the backbone from the pretext backbone; set init_cfg=None"
+        )
     model = build_segmentor(segmentor)
     mismatches = backbone_mismatches(lower_backbone, model)
     if mismatches:
@@ -160,6 +182,8 @@ def segmentation_task(
             "whole backbone; set backbone.frozen_stages=-1 and norm_eval=False"
         )
     correspondence = prefix_correspondence(lower_backbone, "backbone.")
+    # mmseg's initialisation first (conv_seg ~ N(0, 0.01) ...), then the files on top of it
+    run_default_init(model)
     start_from_pretext_backbone(lower_backbone, model, correspondence)
     if head_checkpoint:
         load_head_from_checkpoint(model, head_checkpoint, ("decode_head.", "auxiliary_head."))

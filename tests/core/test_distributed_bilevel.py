@@ -93,14 +93,20 @@ def _resume_worker(rank: int, world_size: int, port: int, out_dir: str, seed: in
 
     def fresh():
         lower, upper = make_models()
+        upper.norm = torch.nn.BatchNorm1d(3)  # running statistics that differ between ranks
         step = make_step(lower, upper, cfg, lr=(0.1, 0.1), momentum=0.9, schedule=True)
         _random_losses(step)
+        upper_loss = step.upper_loss
+        step.upper_loss = lambda batch, backbone: upper_loss(
+            (upper.norm(batch[0]), batch[1]), backbone
+        )
         trainer = make_trainer(step, data, 4, 4, rank=rank, world_size=world_size, seed=seed)
         return lower, upper, trainer
 
     def weights(lower, upper) -> dict[str, torch.Tensor]:
         out = {"lower." + k: v.detach().clone() for k, v in lower.named_parameters()}
         out.update({"upper." + k: v.detach().clone() for k, v in upper.named_parameters()})
+        out.update({"upper." + k: v.detach().clone() for k, v in upper.named_buffers()})
         return out
 
     try:
@@ -133,14 +139,19 @@ def test_two_ranks_resume_inside_an_upper_stage_exactly(tmp_path: Path) -> None:
     """Issue 21: a checkpoint is written by rank 0 only, and held rank 0's Hessian batch and
     random state, which every rank then resumed with (final weights off by 1.8e-2 in the
     issue's run). Each rank now draws its own Hessian batch back from its batch source and its
-    random state from (seed, step, rank): the resumed runs equal the uninterrupted one exactly,
-    with dropout in both levels and different batches on the two ranks. (Measured without the
+    random state from (seed, step, rank), and the ranks' BatchNorm running statistics are
+    averaged after every step: the resumed runs equal the uninterrupted one exactly, with
+    dropout in both levels and different batches on the two ranks. (Measured without the
     fix, inside the stage: rank 0's Hessian batch on both ranks 6.7e-3; rank 0's random state
     5.5e-3.)"""
     mp.spawn(_resume_worker, args=(2, free_port(), str(tmp_path), 7), nprocs=2, join=True)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for result in results:
         for stop_at in (5, 4):
             resumed = result[f"resumed at {stop_at}"]
             for name, value in result["uninterrupted"].items():
                 torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    # the replicas stay identical, BatchNorm running statistics included (averaged each step)
+    for name, value in results[0]["uninterrupted"].items():
+        torch.testing.assert_close(results[1]["uninterrupted"][name], value, rtol=0, atol=0)
+    assert results[0]["uninterrupted"]["upper.norm.running_mean"].abs().max() > 1e-3

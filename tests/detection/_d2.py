@@ -42,7 +42,7 @@ def write_voc_data(root: Path, n: int = 24, size: int = 64, **kwargs: Any) -> Pa
 def tiny_cfg(voc_root: Path, output_dir: Path, *opts: Any):  # noqa: ANN201
     """The tiny CPU config with the VOC sets registered at ``voc_root``."""
     from bissl_dense.detection.config import load_config
-    from bissl_dense.detection.data import register_voc
+    from bissl_dense.detection.data import register_voc, register_voc_val_split
 
     cfg = load_config(
         str(TINY_CONFIG),
@@ -57,4 +57,39 @@ def tiny_cfg(voc_root: Path, output_dir: Path, *opts: Any):  # noqa: ANN201
         ],
     )
     register_voc(voc_root)
+    register_voc_val_split(cfg)
     return cfg
+
+
+def oracle(dicts: list[dict], shift: int = 0, num_classes: int = 20) -> Any:
+    """A "detector" returning each image's ground-truth boxes (class ids shifted by ``shift``)
+    and recording the image ids it was asked about (``.seen``)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+    from torch import nn
+
+    class Oracle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.by_id = {d["image_id"]: d for d in dicts}
+            self.seen: list[str] = []
+
+        def forward(self, inputs: list[dict]) -> list[dict]:
+            outputs = []
+            for item in inputs:
+                self.seen.append(item["image_id"])
+                record = self.by_id[item["image_id"]]
+                instances = Instances((record["height"], record["width"]))
+                annotations = record["annotations"]
+                instances.pred_boxes = Boxes(
+                    torch.tensor([a["bbox"] for a in annotations]).reshape(-1, 4)
+                )
+                instances.scores = torch.ones(len(annotations))
+                instances.pred_classes = torch.tensor(
+                    [(a["category_id"] + shift) % num_classes for a in annotations],
+                    dtype=torch.int64,
+                )
+                outputs.append({"instances": instances})
+            return outputs
+
+    return Oracle()

@@ -10,41 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
-from tests.detection._d2 import require_detectron2, tiny_cfg, write_voc_data
+from tests.detection._d2 import oracle, require_detectron2, tiny_cfg, write_voc_data
 
 require_detectron2()
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from bissl_dense.datasets.synthetic import VOC_CLASSES  # noqa: E402
 from bissl_dense.detection.evaluation import evaluate_voc, write_results  # noqa: E402
-
-
-class _Oracle(nn.Module):
-    """Each test image's ground-truth boxes as detections (class ids shifted by ``shift``)."""
-
-    def __init__(self, dicts: list[dict], shift: int = 0) -> None:
-        super().__init__()
-        self.by_id = {d["image_id"]: d for d in dicts}
-        self.shift = shift
-
-    def forward(self, inputs: list[dict]) -> list[dict]:
-        outputs = []
-        for item in inputs:
-            record = self.by_id[item["image_id"]]
-            instances = Instances((record["height"], record["width"]))
-            annotations = record["annotations"]
-            instances.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in annotations]))
-            instances.scores = torch.ones(len(annotations))
-            instances.pred_classes = torch.tensor(
-                [(a["category_id"] + self.shift) % 20 for a in annotations]
-            )
-            outputs.append({"instances": instances})
-        return outputs
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +34,9 @@ def test_perfect_detections_give_100_and_shifted_classes_0(voc: Path, tmp_path: 
     present = {a["category_id"] for d in dicts for a in d["annotations"]}
     assert present == set(range(20)), "test data must contain every class"
 
-    perfect = evaluate_voc(cfg, _Oracle(dicts), "voc_2007_test")
+    perfect = evaluate_voc(cfg, oracle(dicts), "voc_2007_test")
     assert perfect == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0}, abs=1e-9)
-    shifted = evaluate_voc(cfg, _Oracle(dicts, shift=1), "voc_2007_test")
+    shifted = evaluate_voc(cfg, oracle(dicts, shift=1), "voc_2007_test")
     assert shifted["AP50"] == 0.0
 
     path = write_results(tmp_path / "results.json", {"voc_2007_test": perfect}, iteration=7)

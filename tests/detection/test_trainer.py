@@ -196,32 +196,6 @@ def test_two_processes_make_the_one_process_upper_update(tmp_path: Path) -> None
     assert updated > 300  # both levels moved (detector and pretext model)
 
 
-def test_head_warmup_trains_only_the_head(voc: Path, tmp_path: Path) -> None:
-    """The warm-up (FinetuneTrainer, BISSL.STAGE warmup) leaves backbone and res5 untouched."""
-    from detectron2.modeling import build_model
-
-    from bissl_dense.detection.weights import save_detectron2_pkl
-
-    cfg = tiny_cfg(voc, tmp_path)
-    torch.manual_seed(0)
-    start = build_model(cfg).state_dict()
-    save_detectron2_pkl(start, tmp_path / "start.pkl")
-    argv = ["--config-file", str(TINY_CONFIG), "--num-gpus", "1"]
-    argv += ["MODEL.WEIGHTS", str(tmp_path / "start.pkl"), "DATASETS.VOC_ROOT", str(voc)]
-    argv += ["OUTPUT_DIR", str(tmp_path / "out"), "BISSL.STAGE", "warmup"]
-    argv += ["MODEL.ROI_HEADS.FREEZE_RES5", "True", "SOLVER.MAX_ITER", "1"]
-    assert train_net.main(argv) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert 0.0 <= results["results"]["voc_2007_test"]["AP50"] <= 100.0
-    final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)["model"]
-    for key, value in start.items():
-        frozen = key.startswith("backbone.") or key.startswith("roi_heads.res5.")
-        if frozen:
-            assert torch.equal(final[key], value), key
-    head = "roi_heads.box_predictor.cls_score.weight"
-    assert not torch.equal(final[head], start[head])
-
-
 def test_eval_only_evaluates_the_checkpoint(
     voc: Path, straight_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

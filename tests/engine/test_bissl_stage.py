@@ -228,7 +228,7 @@ def test_killed_inside_an_upper_stage_resumes_bit_identically(
     )
     assert _train_subprocess(killed, options, config=kill_config) == -9  # SIGKILL
     state = torch.load(killed / "iter_3.pth", map_location="cpu", weights_only=True)
-    assert state["bissl"]["hessian_batch"] is not None  # saved in the middle of an upper stage
+    assert state["bissl"]["hessian_batch_index"] is not None  # saved inside an upper stage
     assert _train_subprocess(killed, options, resume=True) == 0
 
     straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(killed)
@@ -304,29 +304,18 @@ def test_clear_errors(tmp_path: Path, data: dict[str, Path], capsys) -> None:
     assert str(resnet50) in err and "layer1.0.conv3.weight" in err
 
 
-def test_two_processes_under_torchrun(tmp_path: Path, data: dict[str, Path]) -> None:
-    """torchrun + --launcher pytorch on CPU (gloo): replicas, per-rank slices of the stacks."""
+def _torchrun(work_dir: Path, options: list[str], config: Path, resume: bool = False) -> tuple:
+    """``torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch`` on CPU (gloo)."""
     import os
 
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed next to this Python")
-    pretext = _pretext_files(tmp_path / "pretext", "simclr")
-    head = tmp_path / "head.pth"
-    torch.save({"weight": torch.zeros(5, 512), "bias": torch.zeros(5)}, head)
-    options = _bissl_options(data, pretext, head) + [
-        "train_dataloader.batch_size=4",
-        "pretext_dataloader.batch_size=4",
-        "train_cfg.bissl.alternations=1",
-        "train_cfg.bissl.lower_steps=1",
-        "train_cfg.bissl.upper_steps=1",
-        "train_cfg.bissl.cg_iters=1",
-    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     command = [
         str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tools" / "train.py"),
-        str(CONFIGS / "bissl_simclr_resnet18_synthetic.py"), "--launcher", "pytorch",
-        "--work-dir", str(tmp_path / "ddp"), "--cfg-options", *options,
+        str(config), "--launcher", "pytorch", "--work-dir", str(work_dir),
+        "--cfg-options", *options, *(["--resume"] if resume else []),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
@@ -337,7 +326,54 @@ def test_two_processes_under_torchrun(tmp_path: Path, data: dict[str, Path]) -> 
         process.terminate()  # torchrun forwards SIGTERM to its workers
         output, _ = process.communicate(timeout=30)
         pytest.fail(f"torchrun did not finish within 300 s:\n{output[-4000:]}")
-    assert process.returncode == 0, output[-4000:]
+    return process.returncode, output
+
+
+def test_two_processes_under_torchrun_resume_inside_an_upper_stage_exactly(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    """torchrun + --launcher pytorch on CPU (gloo): replicas, per-rank slices of the stacks; both
+    processes killed (SIGKILL) inside an upper stage and resumed from the checkpoint rank 0 wrote
+    end at the uninterrupted run's weights bit for bit (issue 21: each rank used to resume with
+    rank 0's Hessian batch)."""
+    pretext = _pretext_files(tmp_path / "pretext", "simclr")
+    head = tmp_path / "head.pth"
+    torch.save({"weight": torch.zeros(5, 512), "bias": torch.zeros(5)}, head)
+    # steps: L U U U | L U U U; a checkpoint after 3 steps is inside the first upper stage
+    options = _bissl_options(data, pretext, head) + [
+        "train_dataloader.batch_size=4",
+        "pretext_dataloader.batch_size=4",
+        "train_cfg.bissl.alternations=2",
+        "train_cfg.bissl.lower_steps=1",
+        "train_cfg.bissl.upper_steps=3",
+        "train_cfg.bissl.cg_iters=1",
+        "train_cfg.val_interval=0",
+        "default_hooks.checkpoint.interval=3",
+        "default_hooks.checkpoint.max_keep_ckpts=5",
+    ]
+    config = CONFIGS / "bissl_simclr_resnet18_synthetic.py"
+    code, output = _torchrun(tmp_path / "ddp", options, config)
+    assert code == 0, output[-4000:]
     assert "Distributed training: True" in output
-    config = json.loads(next((tmp_path / "ddp" / "export").glob("*_config_*.json")).read_text())
-    assert config["world_size"] == 2 and config["lower_batch_size"] == 8
+    exported = json.loads(next((tmp_path / "ddp" / "export").glob("*_config_*.json")).read_text())
+    assert exported["world_size"] == 2 and exported["lower_batch_size"] == 8
+
+    killed = tmp_path / "killed"
+    kill_config = tmp_path / "kill_at_4.py"
+    kill_config.write_text(
+        f"_base_ = [{str(config)!r}]\n"
+        "custom_imports = dict(imports=['bissl_dense.engine', 'bissl_dense.pretext.methods', "
+        "'classification', 'tests.engine._kill'], allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='KillAtIterationHook', iteration=4)]\n"
+    )
+    code, output = _torchrun(killed, options, kill_config)
+    assert code != 0 and (killed / "iter_3.pth").exists(), output[-4000:]
+    state = torch.load(killed / "iter_3.pth", map_location="cpu", weights_only=True)
+    assert state["bissl"]["hessian_batch_index"] is not None  # saved inside an upper stage
+    code, output = _torchrun(killed, options, config, resume=True)
+    assert code == 0, output[-4000:]
+
+    straight, resumed = _final_weights(tmp_path / "ddp"), _final_weights(killed)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
