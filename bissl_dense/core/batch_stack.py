@@ -84,6 +84,16 @@ class BatchStack:
             yield shuffle, pos
             pos, drawn = pos + 1, drawn + 1
 
+    def shuffle_start(self, number: int) -> int:
+        """The number of the first batch of the shuffle that batch ``number`` belongs to."""
+        start = 0
+        for drawn, (_, pos) in enumerate(self.walk()):
+            if pos == 0:
+                start = drawn
+            if drawn == number:
+                return start
+        raise AssertionError("unreachable: walk() is endless")
+
     def _permutation(self, shuffle: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed + shuffle)
         return torch.randperm(self.num_samples, generator=generator)

@@ -57,6 +57,7 @@ __all__ = [
     "Phase",
     "linear_warmup_cosine",
     "phase_of_step",
+    "reference_schedule",
 ]
 
 LowerLoss = Callable[[Any], Tensor]
@@ -101,6 +102,13 @@ class BiSSLConfig:
     # or "float16" (one GradScaler per level). The implicit-gradient products, parameters,
     # gradients and optimiser states stay float32 (BilevelStep).
     autocast: AutocastDType | None = None
+    # Reproduce the BiSSL reference's algorithm where bissl's defaults differ (README table
+    # "bissl and the reference"): its solver (layer-wise CG with 1e-12 guards, K recomputed
+    # products), its schedules (first update at the full rate, warm-up k/W, cosine to 0.001 of
+    # the base rate), BatchNorm running statistics moved by the θ_L pass and by every product
+    # (bissl restores them), and its Hessian batch (the first batch of the lower level's current
+    # shuffle, not a batch of its own). Sets solver, cg and hvp.
+    reference_parity: bool = False
 
     def __post_init__(self) -> None:
         bad = [
@@ -112,6 +120,10 @@ class BiSSLConfig:
             bad.append(f"residual_every={self.residual_every!r} (must be >= 0)")
         if self.lam + self.damping <= 0:
             bad.append(f"lam + damping = {self.lam + self.damping} (must be > 0)")
+        if self.reference_parity:
+            if self.warm_start:
+                bad.append("warm_start=True (the reference has no warm start)")
+            self.solver, self.cg, self.hvp = "cg", "layerwise", "recompute"
         if self.solver not in SOLVERS:
             bad.append(f"solver={self.solver!r} (one of {list(SOLVERS)})")
         elif self.cg not in ("global", "layerwise") or (
@@ -140,6 +152,12 @@ class BiSSLConfig:
     def total_steps(self) -> int:
         return self.alternations * self.steps_per_alternation
 
+    @property
+    def lower_stage_length(self) -> int:
+        """Lower batches one alternation consumes: N_L steps and the Hessian batch, which is a
+        batch of its own (bissl) or the first batch of the current shuffle (reference parity)."""
+        return self.lower_steps + (0 if self.reference_parity else 1)
+
 
 def phase_of_step(step: int, config: BiSSLConfig) -> tuple[Phase, int, int]:
     """(phase, alternation index, index within the phase) of the global step number ``step``."""
@@ -158,6 +176,28 @@ def linear_warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int],
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def reference_schedule(
+    warmup_steps: int, total_steps: int, end_fraction: float = 0.001
+) -> Callable[[int], float]:
+    """The BiSSL reference's schedule as a ``LambdaLR`` factor of update ``n`` (0-based).
+
+    Its scheduler sets the rate after each update: the first update runs at the base rate, update
+    n ≥ 1 at n/W of it during the warm-up (W steps), then a cosine from the base rate to
+    ``end_fraction`` of it at ``total_steps``. bissl's default (:func:`linear_warmup_cosine`)
+    warms up from the first update ((n + 1)/W) and ends at 0.
+    """
+
+    def factor(step: int) -> float:
+        if step == 0:
+            return 1.0
+        if step < warmup_steps:
+            return step / warmup_steps
+        q = 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+        return q + end_fraction * (1.0 - q)
 
     return factor
 
@@ -194,6 +234,27 @@ def average_buffers(module: nn.Module) -> None:
     instead broadcasts rank 0's buffers. One collective; a no-op in a single process.
     """
     all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])
+
+
+def _buffer_correspondence(
+    lower_backbone: nn.Module, upper_model: nn.Module, correspondence: Mapping[str, str]
+) -> dict[str, Tensor]:
+    """{upper buffer name: lower backbone buffer} for the modules the parameter correspondence
+    pairs (a BatchNorm's running statistics follow its weight)."""
+    modules = {
+        lower.rpartition(".")[0]: upper.rpartition(".")[0]
+        for lower, upper in correspondence.items()
+    }
+    upper_buffers = dict(upper_model.named_buffers())
+    pairs = {}
+    for name, buffer in lower_backbone.named_buffers():
+        module, _, leaf = name.rpartition(".")
+        if module in modules:
+            upper_name = f"{modules[module]}.{leaf}" if modules[module] else leaf
+            if upper_name not in upper_buffers:
+                raise ValueError(f"lower buffer {name} has no upper counterpart {upper_name}")
+            pairs[upper_name] = buffer
+    return pairs
 
 
 def _cuda_devices() -> list[int]:
@@ -276,6 +337,12 @@ class BilevelStep:
         upper_params = dict(upper_model.named_parameters())
         self.lower_backbone_params = [backbone_params[n] for n in self.correspondence.lower_names]
         self.upper_backbone_params = [upper_params[n] for n in self.correspondence.upper_names]
+        # reference parity: the θ_L pass runs on the lower backbone's BatchNorm buffers
+        self.lower_buffers_by_upper_name = (
+            _buffer_correspondence(lower_backbone, upper_model, correspondence)
+            if self.config.reference_parity
+            else {}
+        )
         backbone_ids = {id(p) for p in self.lower_backbone_params}
         self.pretext_head_params = [
             p for p in lower_model.parameters() if p.requires_grad and id(p) not in backbone_ids
@@ -411,22 +478,44 @@ class BilevelStep:
         def scaled(loss: Tensor) -> Tensor:
             return loss if scaler is None else scaler.scale(loss)
 
-        with self.autocast():
-            classic_loss = self.upper_loss(batch, None)
-        grads = gradients(scaled(classic_loss), theta_u + head)
+        def classic_pass() -> tuple[Tensor, list[Tensor]]:  # L_D at θ_U
+            with self.autocast():
+                loss = self.upper_loss(batch, None)
+            return loss, gradients(scaled(loss), theta_u + head)
+
+        def implicit_pass() -> tuple[Tensor, list[Tensor]]:  # L_D with θ_L substituted
+            substituted = dict(zip(self.correspondence.upper_names, theta_l, strict=True))
+            # bissl: this pass leaves every running statistic as it was (restored after the
+            # backward: BatchNorm's autograd node holds the statistics it updated in place and
+            # checks they were not changed since). The reference runs its lower backbone module
+            # here, moving θ_L's statistics and the head's: with parity, the lower backbone's
+            # buffers are substituted too and nothing is restored.
+            substituted.update(self.lower_buffers_by_upper_name)
+            guard = (
+                contextlib.nullcontext()
+                if cfg.reference_parity
+                else restored_buffers(self.upper_model)
+            )
+            with guard:
+                with self.autocast():
+                    loss = self.upper_loss(batch, substituted)
+                return loss, gradients(scaled(loss), theta_l + head)
+
+        # the reference takes the θ_L pass first; the order matters only for the running
+        # statistics of the head, which parity lets both passes move
+        if cfg.reference_parity and not cfg.discard_implicit_jacobian:
+            implicit_loss, implicit = implicit_pass()
+            classic_loss, grads = classic_pass()
+        else:
+            classic_loss, grads = classic_pass()
+            if not cfg.discard_implicit_jacobian:
+                implicit_loss, implicit = implicit_pass()
         backbone_grad, head_grad = grads[:n_backbone], grads[n_backbone:]
         metrics = {"upper/loss": classic_loss.detach()}
 
         if cfg.discard_implicit_jacobian:
             all_reduce_mean_(grads)
         else:
-            substituted = dict(zip(self.correspondence.upper_names, theta_l, strict=True))
-            # Restored after the backward: BatchNorm's autograd node holds the running
-            # statistics it updated in place, and checks they were not changed since.
-            with restored_buffers(self.upper_model):
-                with self.autocast():
-                    implicit_loss = self.upper_loss(batch, substituted)
-                implicit = gradients(scaled(implicit_loss), theta_l + head)
             lower_grad = implicit[:n_backbone]
             head_grad = [a + b for a, b in zip(head_grad, implicit[n_backbone:], strict=True)]
             # One collective for everything; the CG right-hand side must be the rank average.
@@ -493,7 +582,9 @@ class BilevelStep:
         self.implicit_solver.begin_stage(
             lambda: self.lower_loss(hessian_batch),
             self.lower_backbone_params,
-            list(self.lower_model.buffers()),
+            # restored after every product (bissl); the reference lets each recomputed
+            # product move the running statistics
+            [] if self.config.reference_parity else list(self.lower_model.buffers()),
         )
 
     def end_upper_stage(self) -> None:
@@ -620,7 +711,27 @@ class BilevelTrainer:
         self.global_step = 0
         self.consumed = {"lower": 0, "upper": 0}
         self.hessian_batch: Any = None
+        self._hessian_index = 0  # the lower batch number of the Hessian batch
         self._iters: dict[str, Iterator[Any] | None] = {"lower": None, "upper": None}
+
+    def _draw_hessian_batch(self) -> Any:
+        """bissl: the next lower batch, a batch of its own. Reference parity: the first batch of
+        the lower level's current shuffle (the reference takes the first batch of a fresh
+        iterator over its lower loader), without consuming one; the lower source must say
+        where its shuffles start (``shuffle_start``, as :func:`~bissl_dense.stage.batch_source`
+        and :meth:`BatchStack.shuffle_start` do)."""
+        if not self.config.reference_parity:
+            batch = self._next("lower")
+            self._hessian_index = self.consumed["lower"] - 1
+            return batch
+        locate = getattr(self._make_lower, "shuffle_start", None)
+        if locate is None:
+            raise ValueError(
+                "reference_parity needs a lower batch source with a shuffle_start(number) "
+                "attribute (bissl_dense.stage.batch_source has one)"
+            )
+        self._hessian_index = int(locate(max(self.consumed["lower"] - 1, 0)))
+        return next(self._make_lower(self._hessian_index))
 
     def _seed_for(self, step: int, stream: int) -> int:
         assert self.seed is not None
@@ -659,7 +770,7 @@ class BilevelTrainer:
             metrics = self.step_fn.lower_step(self._next("lower"))
         else:
             if within == 0:  # one lower batch, held for the whole upper stage
-                self.hessian_batch = self._next("lower")
+                self.hessian_batch = self._draw_hessian_batch()
                 self.step_fn.end_upper_stage()
             self.step_fn.lower_model.train()  # the Hessian is taken in train mode (SPEC §3)
             solver = self.step_fn.implicit_solver
@@ -706,9 +817,7 @@ class BilevelTrainer:
             "global_step": self.global_step,
             "consumed": dict(self.consumed),
             # the Hessian batch is the last lower batch drawn; each rank draws its own back
-            "hessian_batch_index": (
-                None if self.hessian_batch is None else self.consumed["lower"] - 1
-            ),
+            "hessian_batch_index": None if self.hessian_batch is None else self._hessian_index,
             "step": self.step_fn.state_dict(include_optimizers),
             "rng": rng,
             "config": asdict(self.config),
@@ -734,14 +843,14 @@ class BilevelTrainer:
         self.hessian_batch = None
         index = state.get("hessian_batch_index")
         if index is not None:
-            if index != self.consumed["lower"] - 1:
+            if not self.config.reference_parity and index != self.consumed["lower"] - 1:
                 raise ValueError(
                     f"the checkpoint's Hessian batch is lower batch {index}, but "
                     f"{self.consumed['lower']} lower batches were consumed"
                 )
             # this rank's own batch at that position (a checkpoint is written by one rank)
-            self._iters["lower"] = self._make_lower(index)
-            self.hessian_batch = next(self._iters["lower"])
+            self._hessian_index = int(index)
+            self.hessian_batch = next(self._make_lower(index))
         elif state.get("hessian_batch") is not None:  # a checkpoint of an earlier version
             self.hessian_batch = state["hessian_batch"]
         self.step_fn.end_upper_stage()  # a stage in progress is rebuilt at the next upper step

@@ -37,6 +37,7 @@ from detectron2.data.common import DatasetFromList
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances, register_pascal_voc
 from torch.utils.data import Dataset
 
+from bissl_dense.detection.config import bissl_config_of
 from bissl_dense.engine.datasets import PretextImageFolder
 from bissl_dense.errors import DataError
 from bissl_dense.fileio import fsync_directory
@@ -352,6 +353,8 @@ def rng_neutral(
         yield first
         yield from batches
 
+    if hasattr(make, "shuffle_start"):  # where reference parity's Hessian batch lies
+        wrapped.shuffle_start = make.shuffle_start  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -393,7 +396,7 @@ def lower_batch_source(
         batch_source(
             pretext_dataset(cfg),
             batch_size=total // world_size,
-            stage_length=int(cfg.BISSL.LOWER_STEPS) + 1,
+            stage_length=bissl_config_of(cfg).lower_stage_length,
             seed=int(cfg.BISSL.SEED),
             rank=rank,
             world_size=world_size,

@@ -42,10 +42,12 @@ class DetectionUpperLoss:
             raise RuntimeError("the detection upper loss needs the detector in train mode")
         if backbone is None:
             return self.model(batch)
-        unknown = sorted(set(backbone) - {n for n, _ in self.model.named_parameters()})
-        if unknown:
-            raise KeyError(f"substituted names that are not detector parameters: {unknown[:8]}")
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        known = {n for n, _ in self.model.named_parameters()} | set(buffers)
+        unknown = sorted(set(backbone) - known)
+        if unknown:
+            raise KeyError(f"substituted names that are not detector tensors: {unknown[:8]}")
+        # substituted buffers (reference parity: θ_L's own running statistics) replace the copies
         return functional_call(self.model, {**buffers, **backbone}, (batch,), strict=False)
 
     def __call__(

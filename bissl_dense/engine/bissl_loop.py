@@ -383,7 +383,7 @@ class BiSSLLoop(BaseLoop):
         seed = int(runner.seed)
         cfg = self.config
         # Separate streams per level: both are pure functions of (seed, batches consumed).
-        lower = self._source(self.lower_dataset, self.lower_data, cfg.lower_steps + 1, seed)
+        lower = self._source(self.lower_dataset, self.lower_data, cfg.lower_stage_length, seed)
         upper = self._source(self.upper_dataset, self.upper_data, cfg.upper_steps, seed + 1)
         return BilevelTrainer(step, lower, upper, seed=seed, rank=get_rank())
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bissl_dense.core import BilevelStep, BiSSLConfig, linear_warmup_cosine
-from bissl_dense.core.bilevel import UpperLoss
+from bissl_dense.core.bilevel import UpperLoss, reference_schedule
 from bissl_dense.pretext.lars import LARS
 from bissl_dense.pretext.methods.base import PretextMethod, split_views
 from bissl_dense.stage.data import move_to_device
@@ -115,13 +115,15 @@ def level_schedulers(
     """The per-level learning-rate schedules of SPEC §3 (factors of each group's initial lr)."""
     lower_total = config.alternations * config.lower_steps
     upper_total = config.alternations * config.upper_steps
-    lower_warmup = min(LOWER_WARMUP_FACTOR * config.lower_steps, lower_total)
-    lower = torch.optim.lr_scheduler.LambdaLR(
-        optimizers.lower, linear_warmup_cosine(lower_warmup, lower_total)
-    )
-    upper = torch.optim.lr_scheduler.LambdaLR(
-        optimizers.upper, linear_warmup_cosine(0, upper_total)
-    )
+    if config.reference_parity:  # first update at the full rate, cosine to 0.001 of it
+        lower_factor = reference_schedule(LOWER_WARMUP_FACTOR * config.lower_steps, lower_total)
+        upper_factor = reference_schedule(0, upper_total)
+    else:  # warm-up from the first update, cosine to 0 (SPEC §3)
+        lower_warmup = min(LOWER_WARMUP_FACTOR * config.lower_steps, lower_total)
+        lower_factor = linear_warmup_cosine(lower_warmup, lower_total)
+        upper_factor = linear_warmup_cosine(0, upper_total)
+    lower = torch.optim.lr_scheduler.LambdaLR(optimizers.lower, lower_factor)
+    upper = torch.optim.lr_scheduler.LambdaLR(optimizers.upper, upper_factor)
     return lower, upper
 
 

@@ -135,3 +135,33 @@ def test_substituted_pass_leaves_upper_batchnorm_statistics(monkeypatch, restore
     expected = dict(reference.named_buffers())
     same = all(torch.equal(b, expected[n]) for n, b in task.model.named_buffers())
     assert same == restore
+
+
+def test_reference_parity_schedules_are_the_references() -> None:
+    """Parity: the first update of each level at the base rate, warm-up n/W, cosine to 0.001 of
+    the base (the reference's scheduler, stepped after each update); bissl's default warms up
+    from (n + 1)/W and ends at 0."""
+
+    def rates(config: BiSSLConfig) -> tuple[list[float], list[float]]:
+        opts = LevelOptimizers(
+            lower=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0),
+            upper=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5),
+        )
+        lower, upper = level_schedulers(opts, config)
+        out: tuple[list[float], list[float]] = ([], [])
+        for scheduler, seen, n in ((lower, out[0], 3 * 30), (upper, out[1], 3 * 2)):
+            for _ in range(n):
+                seen.append(scheduler.optimizer.param_groups[0]["lr"])
+                scheduler.optimizer.step()
+                scheduler.step()
+        return out
+
+    cfg = dict(alternations=3, lower_steps=30, upper_steps=2)
+    lower, upper = rates(BiSSLConfig(reference_parity=True, **cfg))
+    w, total = 10 * 30, 3 * 30
+    expected_lower = [2.0] + [2.0 * n / w for n in range(1, total)]  # all within the warm-up
+    assert lower == pytest.approx(expected_lower)
+    q = [0.5 * (1 + math.cos(math.pi * n / 6)) for n in range(6)]
+    assert upper == pytest.approx([0.5 * (qn + 0.001 * (1 - qn)) for qn in q])
+    default_lower, default_upper = rates(BiSSLConfig(**cfg))
+    assert default_lower[0] == pytest.approx(2.0 / 90) and default_upper[-1] < upper[-1]
