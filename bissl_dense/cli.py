@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--download", action="store_true", help="fetch a missing dataset with torchvision"
     )
     data_check.add_argument(
-        "--split-dir", help="write the generated splits here (<name>_seed<seed>.json) or reuse them"
+        "--split-dir",
+        help="read the authors' index files <name>_{train,val[,test]}_split.txt from here if "
+        "present; else write the generated splits here (<name>_seed<seed>.json) or reuse them",
     )
     data_check.add_argument("--seed", type=int, default=0, help="validation hold-out seed")
     data_check.set_defaults(func=_data_check)

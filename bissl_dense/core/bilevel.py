@@ -585,6 +585,7 @@ class BilevelStep:
             # restored after every product (bissl); the reference lets each recomputed
             # product move the running statistics
             [] if self.config.reference_parity else list(self.lower_model.buffers()),
+            module=self.lower_model,
         )
 
     def end_upper_stage(self) -> None:

@@ -20,6 +20,14 @@ Modes
 ``"recompute"``
     The BiSSL reference's scheme: a fresh forward pass, first-order graph and double backward for
     every product (the baseline of ``python -m bissl_dense.benchmarks.implicit``).
+``"jvp"``
+    Forward-over-reverse: Hv = d/dt ∇L(θ + t v) at t = 0, a ``torch.func.jvp`` of the gradient.
+    Exact like ``"exact"``, but it holds no graph between products: each product is one forward
+    and one backward pass carrying tangents. It needs the module the parameters belong to (the
+    loss is re-evaluated with the parameters substituted). BatchNorm layers normalise with the
+    batch statistics as in train mode, but do not update their running statistics inside the
+    transform (an in-place update of a plain buffer from dual tensors is refused): their
+    ``track_running_stats`` is switched off for the product, which leaves the function the same.
 
 Batch statistics and randomness
 -------------------------------
@@ -43,16 +51,17 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils.stateless import _reparametrize_module
 
 from bissl_dense.core.activation_pattern import ActivationPattern
 from bissl_dense.core.krylov import ScaledProduct, Vectors, _axpy_, _scale_
 
 __all__ = ["FDScheme", "HVPMode", "HessianVectorProduct", "gradients", "make_hvp", "stage_products"]
 
-HVPMode = Literal["exact", "finite_difference", "recompute"]
+HVPMode = Literal["exact", "finite_difference", "recompute", "jvp"]
 FDScheme = Literal["central", "forward"]
-HVP_MODES: tuple[str, ...] = ("exact", "finite_difference", "recompute")
+HVP_MODES: tuple[str, ...] = ("exact", "finite_difference", "recompute", "jvp")
 HessianVectorProduct = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
@@ -93,10 +102,13 @@ def _products(
     mode: HVPMode,
     fd_step: float | None,
     fd_scheme: FDScheme,
+    module: nn.Module | None = None,
 ) -> ScaledProduct:
     """Build v ↦ (u, c) with H v = c·u; what can be built once (graph, base gradient, pattern)
     is built here."""
     params = list(params)
+    if mode == "jvp":
+        return _jvp_products(evaluate, params, module)
     if mode == "exact":
         with torch.enable_grad():
             grads = gradients(evaluate(), params, create_graph=True)
@@ -135,7 +147,7 @@ def _products(
     if mode == "finite_difference":
         return _finite_difference_products(evaluate, params, fd_step, fd_scheme)
 
-    raise ValueError(f"hvp must be 'exact', 'finite_difference' or 'recompute', got {mode!r}")
+    raise ValueError(f"hvp must be one of {HVP_MODES}, got {mode!r}")
 
 
 def _finite_difference_products(
@@ -203,16 +215,63 @@ def _finite_difference_products(
     return finite_difference
 
 
+@contextlib.contextmanager
+def _batch_statistics_untracked(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with the batch's statistics and leave their running ones
+    alone (train mode without tracking: the same function, no in-place buffer update)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [m.track_running_stats for m in norms]
+    training = [m.training for m in norms]
+    for m in norms:
+        if m.training:
+            m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, was_tracked, was_training in zip(norms, tracked, training, strict=True):
+            m.track_running_stats, m.training = was_tracked, was_training
+
+
+def _jvp_products(
+    evaluate: Callable[[], Tensor], params: list[Tensor], module: nn.Module | None
+) -> ScaledProduct:
+    if module is None:
+        raise ValueError("hvp='jvp' needs the module the parameters belong to (module=...)")
+    names_by_id = {id(p): name for name, p in module.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names_by_id]
+    if missing:
+        raise ValueError(f"hvp='jvp': params {missing[:8]} are not parameters of the module")
+    names = [names_by_id[id(p)] for p in params]
+
+    def loss_at(*theta: Tensor) -> Tensor:
+        with _reparametrize_module(module, dict(zip(names, theta, strict=True))):
+            return evaluate()
+
+    gradient_at = torch.func.grad(loss_at, argnums=tuple(range(len(params))))
+
+    def jvp_product(vectors: Sequence[Tensor]) -> tuple[Vectors, float]:
+        primals = tuple(p.detach() for p in params)
+        tangents = tuple(v.to(p.dtype) for v, p in zip(vectors, params, strict=True))
+        # no graph for the outer autograd (the head's parameters still require grad)
+        with _batch_statistics_untracked(module), torch.no_grad():
+            _, hv = torch.func.jvp(gradient_at, primals, tangents)
+        return [h.detach() for h in hv], 1.0
+
+    return jvp_product
+
+
 def stage_products(
     loss_fn: Callable[[], Tensor],
     params: Sequence[Tensor],
     mode: HVPMode = "exact",
     fd_step: float | None = None,
     fd_scheme: FDScheme = "forward",
+    module: nn.Module | None = None,
 ) -> ScaledProduct:
     """v ↦ (u, c) with H v = c·u for the Hessian of ``loss_fn()`` w.r.t. ``params``; what can be
     built once (graph, base gradient, activation pattern) is built now, under the random state
-    of this moment, which every later pass replays."""
+    of this moment, which every later pass replays. ``module`` (``"jvp"`` only): the module
+    whose parameters ``params`` are and that ``loss_fn`` runs (BatchNorm layers included)."""
     params = list(params)
     randomness = _StageRandomness(params)
 
@@ -220,7 +279,7 @@ def stage_products(
         with randomness.replay():
             return loss_fn()
 
-    return _products(evaluate, params, mode, fd_step, fd_scheme)
+    return _products(evaluate, params, mode, fd_step, fd_scheme, module)
 
 
 def make_hvp(
@@ -229,9 +288,10 @@ def make_hvp(
     mode: HVPMode = "exact",
     fd_step: float | None = None,
     fd_scheme: FDScheme = "forward",
+    module: nn.Module | None = None,
 ) -> HessianVectorProduct:
     """A function v ↦ H v, H the Hessian of ``loss_fn()`` w.r.t. ``params`` (module docstring)."""
-    product = stage_products(loss_fn, params, mode, fd_step, fd_scheme)
+    product = stage_products(loss_fn, params, mode, fd_step, fd_scheme, module)
 
     def hvp(vectors: Sequence[Tensor]) -> list[Tensor]:
         u, c = product(vectors)

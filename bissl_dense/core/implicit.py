@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bissl_dense.core.hvp import HVP_MODES, FDScheme, HVPMode, stage_products
 from bissl_dense.core.krylov import (
@@ -155,11 +155,13 @@ class ImplicitSolver:
         loss_fn: Callable[[], Tensor],
         params: Sequence[Tensor],
         buffers: Iterable[Tensor] = (),
+        module: nn.Module | None = None,
     ) -> None:
         """Fix θ_L and the Hessian batch (``loss_fn`` evaluates L_P on it) until ``end_stage``.
 
         Runs the stage's one forward pass (exact, finite differences); ``params`` must not change
         until ``end_stage``. ``buffers`` are restored after every pass the solver makes.
+        ``module``: the module ``loss_fn`` runs, holding ``params`` (``hvp="jvp"`` only).
         """
         self.end_stage()
         params = list(params)
@@ -171,7 +173,9 @@ class ImplicitSolver:
         self._saved_buffers = [b.detach().clone() for b in self._buffers]
         self.products = 0
         try:
-            self._hvp = stage_products(loss_fn, params, self.hvp, self.fd_step, self.fd_scheme)
+            self._hvp = stage_products(
+                loss_fn, params, self.hvp, self.fd_step, self.fd_scheme, module
+            )
         finally:
             self._restore_buffers()
 
@@ -288,6 +292,7 @@ def implicit_jacobian_product(
     fd_step: float | None = None,
     fd_scheme: FDScheme = "forward",
     solver: SolverKind = "cg",
+    module: nn.Module | None = None,
 ) -> list[Tensor]:
     """Approximate (I + H/(lam + damping))⁻¹ v by ``iters`` Krylov iterations (one-shot form).
 
@@ -307,13 +312,15 @@ def implicit_jacobian_product(
             (separate CG scalars per tensor, the reference's variant). Both cost the same K
             products; global CG leaves the smaller residual ||(I + H/(λ+δ))x − v|| in every
             measurement we made (tests/core/test_implicit.py, bissl_dense.benchmarks.implicit).
-        hvp: ``"exact"``, ``"finite_difference"`` or ``"recompute"`` (module docstring).
+        hvp: ``"exact"``, ``"finite_difference"``, ``"recompute"`` or ``"jvp"``
+            (:mod:`~bissl_dense.core.hvp`).
         buffers: tensors that ``loss_fn`` may change in place (BatchNorm running statistics,
             ``num_batches_tracked``); restored to their values at entry before returning.
         fd_step: fixed finite-difference step; by default scaled to the norms of θ and v.
         fd_scheme: ``"forward"`` (K + 1 gradients, error O(ε), the default) or ``"central"``
             (2K gradients, error O(ε²)).
         solver: ``"cg"`` (default), ``"minres"`` or ``"recycled"`` (module docstring).
+        module: the module ``loss_fn`` runs, holding ``params`` (``hvp="jvp"`` only).
 
     Returns:
         One tensor per parameter (detached), the approximate solution x.
@@ -337,7 +344,7 @@ def implicit_jacobian_product(
         fd_scheme=fd_scheme,
         fd_step=fd_step,
     )
-    implicit_solver.begin_stage(loss_fn, params, buffers)
+    implicit_solver.begin_stage(loss_fn, params, buffers, module)
     try:
         return implicit_solver.solve(vectors)
     finally:

@@ -117,8 +117,11 @@ class DatasetSplit(Dataset):
     Attributes: ``name``, ``split``, ``classes`` (names in label order), ``targets`` (one per
     item, as returned by ``__getitem__``), ``ids`` (stable item ids), ``multilabel``,
     ``difficult`` (VOC2007: per item, a bool tensor of the classes present only as difficult
-    objects, for an evaluation that ignores them as the VOC devkit does; ``None`` elsewhere) and
-    ``split_file`` (the split file used or written, if any).
+    objects, for an evaluation that ignores them as the VOC devkit does; ``None`` elsewhere),
+    ``split_file`` (the bissl split file used or written, or the authors' index file of this
+    split, if any), ``split_files`` (every split file read or written for the dataset) and
+    ``split_convention`` (where the members come from: one of
+    :data:`~classification.datasets.splits.CONVENTIONS`).
     """
 
     def __init__(
@@ -130,6 +133,8 @@ class DatasetSplit(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         multilabel: bool = False,
         split_file: Path | None = None,
+        split_convention: str = "official",
+        split_files: Sequence[Path] = (),
     ) -> None:
         self.name = name
         self.split = split
@@ -137,6 +142,8 @@ class DatasetSplit(Dataset):
         self.multilabel = multilabel
         self.transform = transform
         self.split_file = split_file
+        self.split_convention = split_convention
+        self.split_files = tuple(split_files)
         self._pools = [pool for pool, _ in members]
         self._refs: list[tuple[int, int]] = [
             (p, int(i)) for p, (_, indices) in enumerate(members) for i in indices

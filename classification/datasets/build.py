@@ -17,6 +17,17 @@ SPEC §5 / paper App. B.1, per dataset (``DATASETS[name].split_rule`` says the s
 With ``split_dir`` the generated splits are written to ``<split_dir>/<name>_seed<seed>.json``
 (item ids) by the first build and read back by every later one, which also checks that the
 file matches the data on disk. Datasets with official splits need no file.
+
+**The authors' splits.** Where ``split_dir`` holds the BiSSL authors' index files,
+``<name>_{train,val[,test]}_split.txt`` (their repository's ``data/tv_splits``; Food-101 under
+their name ``food``), they define ``train`` and ``val`` (Caltech-101: and ``test``) instead, for
+every seed, and take precedence over a ``<name>_seed<seed>.json`` there (nothing is written).
+Each index is a position in the dataset as the authors' code builds it
+(:data:`AUTHOR_BASE_ORDER`; torchvision's classes where it has one), and a split lists its items
+in file order, so position ``k`` of our split is position ``k`` of theirs. ``test`` stays the
+official test set and ``trainval`` is ``train`` followed by ``val``: their CIFAR-10 files cover
+only the first 40,000 of the 50,000 training images. ``DatasetSplit.split_convention`` says which
+convention a build used.
 """
 
 from __future__ import annotations
@@ -41,7 +52,10 @@ from classification.datasets.base import (
     Pool,
 )
 from classification.datasets.splits import (
+    AUTHOR_SPLIT_FILES,
     HOLDOUT_FRACTION,
+    author_split_paths,
+    read_author_splits,
     read_split_file,
     sample_per_class,
     split_file_path,
@@ -50,6 +64,7 @@ from classification.datasets.splits import (
 )
 
 __all__ = [
+    "AUTHOR_BASE_ORDER",
     "CALTECH_PARTITION_SEED",
     "CALTECH_TRAIN_PER_CLASS",
     "DATASETS",
@@ -294,6 +309,21 @@ DATASETS: dict[str, DatasetSpec] = {
 
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
+# What the authors' indices count (their code, source/datasets.py, applies them to these lists,
+# in this order); the readers build the same pools in the same order. Keys: AUTHOR_SPLIT_FILES.
+AUTHOR_BASE_ORDER: dict[str, str] = {
+    "food101": "official training set (torchvision Food101 split='train': meta/train.json order)",
+    "cifar10": "official training set (torchvision CIFAR10 train=True: data_batch_1..5 order)",
+    "cifar100": "official training set (torchvision CIFAR100 train=True: the 'train' batch order)",
+    "cub200": "training images (train_test_split.txt flag 1, in images.txt order)",
+    "sun397": "partition-1 training list (Partitions/Training_01.txt order)",
+    "cars": "training set (torchvision StanfordCars split='train': cars_train_annos.mat order)",
+    "pets": "trainval set (torchvision OxfordIIITPet split='trainval': trainval.txt order)",
+    "caltech101": "whole dataset (torchvision Caltech101: classes sorted, BACKGROUND_Google "
+    "dropped, image_0001.jpg .. image_<n>.jpg per class)",
+}
+assert set(AUTHOR_BASE_ORDER) == set(AUTHOR_SPLIT_FILES)
+
 
 def _spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
@@ -374,22 +404,67 @@ def _generated_groups(
     }
 
 
-def _members(
-    spec: DatasetSpec, catalog: Catalog, seed: int, split_dir: str | os.PathLike[str] | None
-) -> tuple[dict[str, Members], Path | None]:
-    pools = catalog.pools
-    if spec.scheme == "official":
-        whole = {key: list(range(len(pool))) for key, pool in pools.items()}
-        return {
+@dataclass
+class _Plan:
+    """How the four splits are cut from the pools, and where that came from."""
+
+    members: dict[str, Members]
+    convention: str  # one of splits.CONVENTIONS
+    files: dict[str, Path]  # split -> the file naming its members (per split where it has one)
+    all_files: tuple[Path, ...] = ()
+
+
+def _official_plan(pools: dict[str, Pool]) -> _Plan:
+    whole = {key: list(range(len(pool))) for key, pool in pools.items()}
+    return _Plan(
+        {
             "train": [(pools["train"], whole["train"])],
             "val": [(pools["val"], whole["val"])],
             "trainval": [(pools["train"], whole["train"]), (pools["val"], whole["val"])],
             "test": [(pools["test"], whole["test"])],
-        }, None
+        },
+        "official",
+        {},
+    )
+
+
+def _cut(
+    spec: DatasetSpec, pools: dict[str, Pool], groups: dict[str, list[int]]
+) -> dict[str, Members]:
+    """The four splits from ``train``/``val`` (and Caltech-101's ``test``) positions in the pool
+    they index; ``trainval`` is ``train`` then ``val``."""
+    pool = pools["train" if spec.scheme == "holdout" else "all"]
+    members = {
+        "train": [(pool, groups["train"])],
+        "val": [(pool, groups["val"])],
+        "trainval": [(pool, groups["train"] + groups["val"])],
+    }
+    if spec.scheme == "holdout":
+        test_pool = pools["test"]
+        members["test"] = [(test_pool, list(range(len(test_pool))))]
+    else:
+        members["test"] = [(pool, groups["test"])]
+    return members
+
+
+def _members(
+    spec: DatasetSpec, catalog: Catalog, seed: int, split_dir: str | os.PathLike[str] | None
+) -> _Plan:
+    pools = catalog.pools
+    if spec.scheme == "official":
+        return _official_plan(pools)
+    pool = pools["train" if spec.scheme == "holdout" else "all"]
+
+    # The authors' index files, where present, define the splits (the reference's protocol).
+    authors = author_split_paths(split_dir, spec.name) if split_dir is not None else None
+    if authors is not None:
+        groups = read_author_splits(
+            authors, len(pool), f"{spec.title}'s {AUTHOR_BASE_ORDER[spec.name]}"
+        )
+        return _Plan(_cut(spec, pools, groups), "authors-index", authors, tuple(authors.values()))
 
     path = split_file_path(split_dir, spec.name, seed) if split_dir is not None else None
     if path is not None and path.exists():
-        pool = pools["train" if spec.scheme == "holdout" else "all"]
         keys = ("train", "val") if spec.scheme == "holdout" else ("train", "val", "test")
         stored = read_split_file(path, spec.name, seed, {key: pool.ids for key in keys})
         groups = {key: _indices(pool, stored[key]) for key in keys}
@@ -403,20 +478,14 @@ def _members(
                 spec.split_rule,
                 {key: [pool.ids[i] for i in positions] for key, positions in groups.items()},
             )
-    if spec.scheme == "holdout":
-        test_pool = pools["test"]
-        return {
-            "train": [(pool, groups["train"])],
-            "val": [(pool, groups["val"])],
-            "trainval": [(pool, list(range(len(pool))))],
-            "test": [(test_pool, list(range(len(test_pool))))],
-        }, path
-    return {
-        "train": [(pool, groups["train"])],
-        "val": [(pool, groups["val"])],
-        "trainval": [(pool, sorted(groups["train"] + groups["val"]))],
-        "test": [(pool, groups["test"])],
-    }, path
+    members = _cut(spec, pools, groups)
+    if spec.scheme == "holdout":  # the generated hold-outs leave no training image out
+        members["trainval"] = [(pool, list(range(len(pool))))]
+    else:
+        members["trainval"] = [(pool, sorted(groups["train"] + groups["val"]))]
+    if path is None:
+        return _Plan(members, "generated", {})
+    return _Plan(members, "bissl-json", dict.fromkeys(SPLITS, path), (path,))
 
 
 def _check_args(split: str | None, seed: int) -> None:
@@ -443,16 +512,18 @@ def build_splits(
     _check_args(None, seed)
     root_path = Path(root).expanduser()
     catalog = _read(spec, root_path, download)
-    members, path = _members(spec, catalog, seed, split_dir)
+    plan = _members(spec, catalog, seed, split_dir)
     return {
         split: DatasetSplit(
             spec.name,
             split,
             catalog.classes,
-            members[split],
+            plan.members[split],
             transform=transform,
             multilabel=catalog.multilabel,
-            split_file=path,
+            split_file=plan.files.get(split),
+            split_convention=plan.convention,
+            split_files=plan.all_files,
         )
         for split in SPLITS
     }
@@ -494,13 +565,16 @@ def build_dataset(
         transform: applied to the RGB ``PIL.Image`` of each item; ``None`` returns the image.
         seed: draws the validation hold-out (and nothing else) where there is no official one.
         split_dir: write the generated splits there as ``<name>_seed<seed>.json`` on the first
-            build and reuse them on later builds.
+            build and reuse them on later builds; or, where it holds the authors' index files
+            ``<name>_{train,val[,test]}_split.txt``, take the splits from those (module
+            docstring; ``split_convention`` on the result says which).
         download: fetch a missing dataset with torchvision's downloader first.
 
     Raises:
         DatasetLayoutError: the data is missing or incomplete (the message names the path that
             was looked at and the expected layout).
-        SplitFileError: the split file does not match the data on disk.
+        SplitFileError: the split file does not match the data on disk, or an authors' index
+            file is missing, repeats or overlaps another split, or indexes past the data.
         ConfigError: an unknown name or split, or a negative seed.
     """
     _check_args(split, seed)

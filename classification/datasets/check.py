@@ -3,9 +3,11 @@
     bissl data check --dataset pets --root /data [--split-dir splits/] [--seed 0] [--download]
 
 Prints the dataset folder, the classes (count and the first few), the size of every split, the
-split rule and the split file; checks that every image file of every split exists and that the
-first image of each split decodes. A missing or broken dataset gets one message (the path looked
-at and the layout expected) and exit status 2.
+split rule, the split convention found (official lists; splits drawn here, kept in
+``<split-dir>/<name>_seed<seed>.json``; or the BiSSL authors' index files
+``<split-dir>/<name>_{train,val[,test]}_split.txt``) and the split file(s); checks that every
+image file of every split exists and that the first image of each split decodes. A missing or
+broken dataset gets one message (the path looked at and the layout expected) and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from typing import TextIO
 
 from bissl_dense.errors import UserError
 from classification.datasets.base import SPLITS, DatasetLayoutError
-from classification.datasets.build import DATASETS, build_splits, verify_files
+from classification.datasets.build import (
+    AUTHOR_BASE_ORDER,
+    DATASETS,
+    build_splits,
+    verify_files,
+)
 
 __all__ = ["DatasetReport", "check_dataset", "format_report", "main_check"]
 
@@ -36,6 +43,9 @@ class DatasetReport:
     split_file: Path | None
     split_file_reused: bool
     multilabel: bool
+    convention: str = "official"  # classification.datasets.splits.CONVENTIONS
+    split_files: tuple[Path, ...] = ()
+    unused: int = 0  # authors' convention: images of the indexed set in none of the files
 
 
 def check_dataset(
@@ -67,24 +77,51 @@ def check_dataset(
                 f"({error})"
             ) from error
     first = splits["train"]
+    rule, unused = spec.split_rule, 0
+    if first.split_convention == "authors-index":
+        named = "train / val / test" if spec.scheme == "caltech" else "train / val"
+        rule = (
+            f"{named} = the authors' index files (positions in the {AUTHOR_BASE_ORDER[name]}); "
+            + ("" if spec.scheme == "caltech" else "test = the official test set; ")
+            + "trainval = train + val; the seed is not used"
+        )
+        indexed = len(first._pools[0])  # the set the indices count in
+        unused = (
+            indexed
+            - len(splits["trainval"])
+            - (len(splits["test"]) if spec.scheme == "caltech" else 0)
+        )
     return DatasetReport(
         name=name,
         title=spec.title,
         root=root,
         classes=first.classes,
         sizes={split: len(splits[split]) for split in SPLITS},
-        split_rule=spec.split_rule,
+        split_rule=rule,
         split_file=first.split_file,
         split_file_reused=reused and first.split_file is not None,
         multilabel=first.multilabel,
+        convention=first.split_convention,
+        split_files=first.split_files,
+        unused=unused,
     )
 
 
 def format_report(report: DatasetReport) -> str:
     shown = ", ".join(report.classes[:SHOWN_CLASSES])
     more = ", ..." if len(report.classes) > SHOWN_CLASSES else ""
-    if report.split_file is None:
-        split_file = "none needed (official splits)"
+    convention = {
+        "official": "official lists",
+        "generated": "drawn here (no --split-dir: not kept)",
+        "bissl-json": "drawn here, kept in a bissl split file",
+        "authors-index": "the BiSSL authors' index files",
+    }[report.convention]
+    if report.convention == "authors-index":
+        split_file = ", ".join(str(path) for path in report.split_files)
+        if report.unused:
+            split_file += f" ({report.unused} indexed images in none of them)"
+    elif report.split_file is None:
+        split_file = "none needed (official splits)" if report.convention == "official" else "none"
     else:
         action = "reused" if report.split_file_reused else "written"
         split_file = f"{report.split_file} ({action})"
@@ -95,6 +132,7 @@ def format_report(report: DatasetReport) -> str:
         f"classes:    {len(report.classes)}: {shown}{more}",
         "splits:     " + "  ".join(f"{split} {report.sizes[split]}" for split in SPLITS),
         f"split rule: {report.split_rule}",
+        f"convention: {convention}",
         f"split file: {split_file}",
         "OK: every image file of every split is present",
     ]

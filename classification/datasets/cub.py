@@ -9,6 +9,8 @@ torchvision has no class for it. The archive's metadata files are whitespace-sep
 * ``classes.txt``: class id -> ``001.Black_footed_Albatross``.
 
 Class names drop the numeric prefix (``Black_footed_Albatross``); labels are class id - 1.
+Items keep the order of ``images.txt`` (ascending ids in the official archive): the authors'
+loader lists them in that order, and their published split indices count in it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def read_cub200(root: Path) -> Catalog:
         raise DatasetLayoutError(f"{folder / 'classes.txt'}: class ids must run 1..N")
     classes = [tables["classes"][c].split(".", 1)[-1] for c in class_ids]
 
-    image_ids = sorted(tables["images"], key=int)
+    image_ids = list(tables["images"])  # images.txt order (the authors' indices count in it)
     for name in ("image_class_labels", "train_test_split"):
         if set(tables[name]) != set(image_ids):
             extra = sorted(set(tables[name]) ^ set(image_ids), key=int)

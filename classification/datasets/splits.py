@@ -1,5 +1,5 @@
 """Generated splits (SPEC §5): the stratified validation hold-out, Caltech-101's 30 per class, and
-the split files that make both reusable.
+the split files that make both reusable; and the BiSSL authors' published index files.
 
 Paper App. B.1: datasets without an official validation split hold out "roughly 20%" of the
 training set for validation, "randomly sampled while ensuring that the class proportions are
@@ -10,6 +10,13 @@ grouped by class and sorted by their stable id before a seeded generator permute
 generator is keyed by the seed *and* a fixed per-purpose stream
 (``numpy.random.default_rng([seed, crc32(stream)])``), so two datasets or two purposes never
 share a random sequence.
+
+The authors' reference code fixes its splits instead as index files,
+``<dir>/<name>_{train,val[,test]}_split.txt``: one integer per line, each a position in the
+torchvision dataset of the official training set (Pets: ``trainval``; Caltech-101: the whole
+dataset, which also gets a ``test`` file), applied as ``[dataset[i] for i in indices]``.
+:func:`read_author_splits` reads them for the datasets they exist for
+(:data:`AUTHOR_SPLIT_FILES`).
 """
 
 from __future__ import annotations
@@ -27,9 +34,15 @@ from bissl_dense.fileio import atomic_write_text
 from classification.datasets.base import SplitFileError
 
 __all__ = [
+    "AUTHOR_SPLIT_FILES",
+    "AUTHOR_SPLIT_NAMES",
+    "CONVENTIONS",
     "HOLDOUT_FRACTION",
     "SPLIT_FILE_FORMAT",
     "holdout_count",
+    "author_split_paths",
+    "read_author_splits",
+    "read_index_file",
     "read_split_file",
     "sample_per_class",
     "split_file_path",
@@ -39,6 +52,27 @@ __all__ = [
 
 HOLDOUT_FRACTION = 0.2
 SPLIT_FILE_FORMAT = 1
+
+# Where a split's members come from (DatasetSplit.split_convention, `bissl data check`):
+# "official": the dataset's own lists, no file; "generated": drawn here, no split_dir to keep
+# them; "bissl-json": drawn here and kept in / read from <split_dir>/<name>_seed<seed>.json;
+# "authors-index": the authors' <split_dir>/<name>_{train,val[,test]}_split.txt.
+CONVENTIONS = ("official", "generated", "bissl-json", "authors-index")
+
+# The datasets the authors published index files for (their repository's data/tv_splits/) and
+# the splits each has; the other four use official splits there too.
+AUTHOR_SPLIT_FILES: dict[str, tuple[str, ...]] = {
+    "food101": ("train", "val"),
+    "cifar10": ("train", "val"),
+    "cifar100": ("train", "val"),
+    "cub200": ("train", "val"),
+    "sun397": ("train", "val"),
+    "cars": ("train", "val"),
+    "pets": ("train", "val"),
+    "caltech101": ("train", "val", "test"),
+}
+# The authors' dataset names where they differ from ours (their file is food_train_split.txt).
+AUTHOR_SPLIT_NAMES: dict[str, str] = {"food101": "food"}
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
@@ -198,3 +232,89 @@ def read_split_file(
                 f"{'; '.join(detail)}. It was made from another copy of the dataset; {fix}"
             )
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# The authors' index files
+# --------------------------------------------------------------------------------------------
+
+
+def author_split_paths(split_dir: str | Path, name: str) -> dict[str, Path] | None:
+    """The authors' index files of ``name`` in ``split_dir`` (``{split: path}``), or ``None``
+    when there is none of them there (or the authors published none for ``name``).
+
+    Files are looked for under the authors' dataset name (``food_train_split.txt``) first, then
+    under ours (``food101_train_split.txt``); one present file is enough to choose the
+    convention, and :func:`read_author_splits` then requires the others."""
+    if name not in AUTHOR_SPLIT_FILES:
+        return None
+    folder = Path(split_dir).expanduser()
+    for stem in dict.fromkeys((AUTHOR_SPLIT_NAMES.get(name, name), name)):
+        paths = {key: folder / f"{stem}_{key}_split.txt" for key in AUTHOR_SPLIT_FILES[name]}
+        if any(path.exists() for path in paths.values()):
+            return paths
+    return None
+
+
+def read_index_file(path: Path, size: int, base: str) -> list[int]:
+    """One authors' index file: integers, one a line (blank lines skipped, as ``numpy.loadtxt``
+    skips them), each in ``0 .. size - 1`` and none twice; ``base`` names what they index."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as error:
+        raise SplitFileError(f"authors' split file {path} not found") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise SplitFileError(f"authors' split file {path} cannot be read ({error})") from error
+    indices: list[int] = []
+    seen: dict[int, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token:
+            continue
+        try:
+            index = int(token)
+        except ValueError:
+            raise SplitFileError(
+                f"authors' split file {path} line {number}: expected one integer, got {line!r}"
+            ) from None
+        if not 0 <= index < size:
+            raise SplitFileError(
+                f"authors' split file {path} line {number}: index {index} is out of range; "
+                f"{base} has {size} images (indices 0..{size - 1}) - is it another copy or "
+                "version of the dataset?"
+            )
+        if index in seen:
+            raise SplitFileError(
+                f"authors' split file {path} line {number}: index {index} repeats line "
+                f"{seen[index]}"
+            )
+        seen[index] = number
+        indices.append(index)
+    if not indices:
+        raise SplitFileError(f"authors' split file {path} holds no indices")
+    return indices
+
+
+def read_author_splits(paths: Mapping[str, Path], size: int, base: str) -> dict[str, list[int]]:
+    """Read the authors' index files (``{split: path}`` from :func:`author_split_paths`) into
+    positions in ``base`` (``size`` items), in file order, and check the splits are disjoint."""
+    missing = [path for path in paths.values() if not path.is_file()]
+    if missing:
+        present = [path.name for path in paths.values() if path.is_file()]
+        raise SplitFileError(
+            f"authors' split file {missing[0]} not found; the authors' convention needs "
+            f"{', '.join(path.name for path in paths.values())} together (found "
+            f"{', '.join(present)} in {missing[0].parent})"
+        )
+    groups = {key: read_index_file(path, size, base) for key, path in paths.items()}
+    keys = list(groups)
+    for a, first in enumerate(keys):
+        for second in keys[a + 1 :]:
+            shared = set(groups[first]).intersection(groups[second])
+            if shared:
+                raise SplitFileError(
+                    f"authors' split files {paths[first]} and {paths[second]} share "
+                    f"{len(shared)} indices (e.g. {min(shared)}); {' / '.join(keys)} must be "
+                    "disjoint"
+                )
+    return groups

@@ -1,9 +1,11 @@
-# BiSSL on sun397 with a SIMCLR lower level, the published setting (SPEC §4): 8 GPUs,
-# pretext batch 8 x 128 = 1024, downstream batch 8 x 32 = 256; the upper lr and weight decay are
-# the head warm-up's (optim_wrapper.upper.optimizer).
-#   torchrun --nproc_per_node=8 tools/train.py configs/classification/bissl_simclr_resnet50_sun397.py \
+# BiSSL on sun397 with a SimCLR lower level, the published setting (SPEC §4): 8 GPUs,
+# pretext batch 8 x 128 = 1024, downstream batch 8 x 32 = 256. Warm the head up first with
+# warmup_simclr_resnet50_sun397.py (the same lr and weight decay as the upper level here).
+#   torchrun --nproc_per_node=8 tools/train.py \
+#       configs/classification/bissl_simclr_resnet50_sun397.py \
 #       --launcher pytorch --cfg-options model.pretext.backbone_checkpoint=... \
-#       model.pretext.head_checkpoint=... model.task.head_checkpoint=<warm-up>/export/head.pth
+#       model.pretext.head_checkpoint=... \
+#       model.task.head_checkpoint=work_dirs/warmup_simclr_resnet50_sun397/export/head.pth
 _base_ = [
     "./_base_/models/bissl_simclr_resnet50.py",
     "./_base_/datasets/sun397.py",
@@ -13,3 +15,7 @@ _base_ = [
 model = dict(task=dict(num_classes={{_base_.num_classes}}, multilabel={{_base_.multilabel}}))
 train_dataloader = dict(batch_size=32)
 custom_hooks = [dict(type="ExportBiSSLHook", downstream="classification", dataset="sun397")]
+# Upper level (and head warm-up): the published lr and weight decay for sun397 with SimCLR,
+# d_lr / d_wd of BiSSL_simclr_classification_sun397_arch-resnet50_config_id-kzq358zg.json
+# (models/ of the authors' repository NIPS25-16372/NIPS25_16372_BiSSL).
+optim_wrapper = dict(upper=dict(optimizer=dict(lr=0.015, weight_decay=5e-05)))

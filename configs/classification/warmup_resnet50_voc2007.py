@@ -1,5 +1,7 @@
-# Head warm-up on voc2007 (SPEC §4: 20 epochs, frozen backbone, constant lr; set the lr and
-# weight decay found for this data set with --cfg-options optim_wrapper.optimizer.lr=...).
+# Head warm-up on voc2007 (SPEC §4: 20 epochs, frozen backbone, constant lr). Its lr and weight
+# decay are the schedule's generic 0.03 / 1e-4; before BiSSL use the published pair of the
+# pretext (this file + lr, wd): warmup_simclr_resnet50_voc2007.py or
+# warmup_byol_resnet50_voc2007.py.
 _base_ = [
     "./_base_/models/classifier_resnet50.py",
     "./_base_/datasets/voc2007.py",

@@ -1,0 +1,10 @@
+# Head warm-up on sun397 before BiSSL with a BYOL lower level
+# (bissl_byol_resnet50_sun397.py): warmup_resnet50_sun397.py with the published lr
+# and weight decay, d_lr / d_wd of
+# BiSSL_byol_classification_sun397_arch-resnet50_config_id-dk3jffn3.json
+# (models/ of the authors' repository NIPS25-16372/NIPS25_16372_BiSSL; their warm-up takes
+# d_lr / d_wd since d_linear_warmup_lr / _wd are unset there).
+#   python tools/train.py configs/classification/warmup_byol_resnet50_sun397.py \
+#       --cfg-options model.backbone_checkpoint=<BYOL pretext backbone>
+_base_ = ["./warmup_resnet50_sun397.py"]
+optim_wrapper = dict(optimizer=dict(lr=0.01, weight_decay=5e-05))

@@ -1,0 +1,10 @@
+# Head warm-up on food101 before BiSSL with a SimCLR lower level
+# (bissl_simclr_resnet50_food101.py): warmup_resnet50_food101.py with the published lr
+# and weight decay, d_lr / d_wd of
+# BiSSL_simclr_classification_food_arch-resnet50_config_id-oqlgni57.json
+# (models/ of the authors' repository NIPS25-16372/NIPS25_16372_BiSSL; their warm-up takes
+# d_lr / d_wd since d_linear_warmup_lr / _wd are unset there).
+#   python tools/train.py configs/classification/warmup_simclr_resnet50_food101.py \
+#       --cfg-options model.backbone_checkpoint=<SimCLR pretext backbone>
+_base_ = ["./warmup_resnet50_food101.py"]
+optim_wrapper = dict(optimizer=dict(lr=0.03, weight_decay=0.001))
