@@ -29,12 +29,9 @@ R18_TASK = [  # as in test_stage.py: a ResNet-18 keeps 2 CPU processes fast
 
 def options(seg_data: dict[str, Path], pretext: dict[str, Path], ids: Path, per_rank: int) -> list:
     voc = seg_data["voc2012"]
-    out = []
-    for k in (0, 1):
-        prefix = f"train_dataloader.dataset.dataset.datasets.{k}"
-        out += [f"{prefix}.data_root={voc}", f"{prefix}.ann_file={ids}",
-                f"{prefix}.data_prefix.seg_map_path=SegmentationClass",
-                f"{prefix}.pipeline.3.prob=0.0"]  # fmt: skip
+    prefix = "train_dataloader.dataset.dataset"
+    out = [f"{prefix}.data_root={voc}", f"{prefix}.ann_file={ids}", f"{prefix}.aug_ann_file=None",
+           f"{prefix}.pipeline.3.prob=0.0"]  # fmt: skip
     return out + [
         f"val_dataloader.dataset.data_root={voc}",
         f"train_dataloader.batch_size={per_rank}",

@@ -35,8 +35,7 @@ R18_TASK = [
 def voc_options(seg_data: dict[str, Path], pretext: dict[str, Path]) -> list[str]:
     voc = seg_data["voc2012"]
     return [
-        f"train_dataloader.dataset.dataset.datasets.0.data_root={voc}",
-        f"train_dataloader.dataset.dataset.datasets.1.data_root={voc}",
+        f"train_dataloader.dataset.dataset.data_root={voc}",
         f"val_dataloader.dataset.data_root={voc}",
         f"pretext_dataloader.dataset.data_root={seg_data['unlabeled']}",
         f"model.pretext.backbone_checkpoint={pretext['backbone']}",
@@ -107,7 +106,7 @@ def test_killed_inside_an_upper_stage_resumes_to_the_same_weights(
     options = voc_options(seg_data, pretext)
     assert train_subprocess(kill_config, killed, options) == -9  # SIGKILL
     state = torch.load(killed / "iter_2.pth", map_location="cpu", weights_only=True)
-    assert state["bissl"]["hessian_batch"] is not None  # saved inside an upper stage
+    assert state["bissl"]["hessian_batch_index"] is not None  # saved inside an upper stage
     config = CONFIGS / "bissl_simclr_fcn_r50_voc_aug_synthetic.py"
     assert train_subprocess(config, killed, options, resume=True) == 0
     straight, resumed = final_weights(voc_bissl), final_weights(killed)
@@ -122,8 +121,7 @@ def test_finetune_from_the_export_then_test(
     (exported,) = (voc_bissl / "export").glob("*_lower_backbone_id-*.pth")
     voc = seg_data["voc2012"]
     data = [
-        f"train_dataloader.dataset.dataset.datasets.0.data_root={voc}",
-        f"train_dataloader.dataset.dataset.datasets.1.data_root={voc}",
+        f"train_dataloader.dataset.dataset.data_root={voc}",
         f"val_dataloader.dataset.data_root={voc}",
         f"test_dataloader.dataset.data_root={voc}",
         "model.backbone.depth=18",

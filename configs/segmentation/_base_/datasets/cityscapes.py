@@ -2,6 +2,8 @@
 # validation split is held out of the training images within each city (paper App. B.1) and
 # written as mmseg ann_file lists by
 #   python -m bissl_dense.segmentation.data data/cityscapes --out data/cityscapes/splits
+# (CityscapesSplitDataset, bissl_dense.segmentation.data: mmseg's CityscapesDataset on those lists;
+# a missing list fails naming this command).
 # Paper recipe (App. B.7): short side resized, random flip 0.5, normalisation. The short side is
 # not legible in our copy of the paper; 512 px is mmseg's Cityscapes training scale (2048x1024/2).
 dataset_name = "cityscapes"
@@ -31,7 +33,7 @@ train_dataloader = dict(
     sampler=dict(type="SeededSampler", shuffle=True),
     collate_fn=dict(type="pseudo_collate"),
     dataset=dict(type="SeededMMDataset", dataset=dict(
-        type="CityscapesDataset", data_root=data_root, data_prefix=_train_images,
+        type="CityscapesSplitDataset", data_root=data_root, data_prefix=_train_images,
         ann_file=f"{split_dir}/train.txt", pipeline=train_pipeline)),
 )  # fmt: skip
 val_dataloader = dict(
@@ -40,7 +42,7 @@ val_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type="DefaultSampler", shuffle=False),
     collate_fn=dict(type="pseudo_collate"),
-    dataset=dict(type="CityscapesDataset", data_root=data_root, data_prefix=_train_images,
+    dataset=dict(type="CityscapesSplitDataset", data_root=data_root, data_prefix=_train_images,
                  ann_file=f"{split_dir}/val.txt", pipeline=test_pipeline),
 )  # fmt: skip
 test_dataloader = dict(

@@ -1,6 +1,6 @@
 # VOC aug in the standard SSL transfer recipe (mmselfsup / mmseg pascal_voc12_aug.py): random
 # rescale of (2048, 512) by 0.5-2.0, 512x512 crops, flip, photometric distortion; batch 16 in
-# total (mmseg: 4 GPUs x 4).
+# total (mmseg: 4 GPUs x 4). The same held-out validation split and test set as voc_aug.py.
 _base_ = ["./voc_aug.py"]
 crop_size = (512, 512)
 train_pipeline = [
@@ -18,15 +18,6 @@ test_pipeline = [
     dict(type="LoadAnnotations"),
     dict(type="PackSegInputs"),
 ]
-_voc = dict(type="PascalVOCDataset", data_root={{_base_.data_root}})
-train_dataloader = dict(
-    batch_size=4,
-    dataset=dict(dataset=dict(datasets=[
-        dict(_voc, data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClass"),
-             ann_file="ImageSets/Segmentation/train.txt", pipeline=train_pipeline),
-        dict(_voc, data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClassAug"),
-             ann_file="ImageSets/Segmentation/aug.txt", pipeline=train_pipeline),
-    ])),
-)  # fmt: skip
+train_dataloader = dict(batch_size=4, dataset=dict(dataset=dict(pipeline=train_pipeline)))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

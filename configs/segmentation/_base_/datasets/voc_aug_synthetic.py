@@ -1,5 +1,7 @@
 # Generated VOC aug data (bissl_dense.datasets.synthetic), small images for CPU runs and tests:
 #   python -m bissl_dense.datasets.synthetic --out data/synthetic/voc --kind voc --n 24 --size 96
+#   python -m bissl_dense.segmentation.data data/synthetic/voc/VOCdevkit/VOC2012 \
+#       --out data/synthetic/voc/VOCdevkit/VOC2012/splits
 _base_ = ["./voc_aug.py"]
 data_root = "data/synthetic/voc/VOCdevkit/VOC2012"
 short_side = 64
@@ -16,18 +18,13 @@ test_pipeline = [
     dict(type="LoadAnnotations"),
     dict(type="PackSegInputs"),
 ]
-_voc = dict(type="PascalVOCDataset", data_root=data_root)
 train_dataloader = dict(
     batch_size=2,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(dataset=dict(datasets=[
-        dict(_voc, data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClass"),
-             ann_file="ImageSets/Segmentation/train.txt", pipeline=train_pipeline),
-        dict(_voc, data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClassAug"),
-             ann_file="ImageSets/Segmentation/aug.txt", pipeline=train_pipeline),
-    ])),
-)  # fmt: skip
+    dataset=dict(dataset=dict(data_root=data_root, pipeline=train_pipeline)),
+)
 val_dataloader = dict(num_workers=0, persistent_workers=False,
                       dataset=dict(data_root=data_root, pipeline=test_pipeline))  # fmt: skip
-test_dataloader = val_dataloader
+test_dataloader = dict(num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root=data_root, pipeline=test_pipeline))  # fmt: skip
