@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bissl-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-dense lint format bench-implicit bench-pretext data-demo clean-venv
+.PHONY: install test demo demo-dense lint format bench-implicit bench-pretext device-check data-demo clean-venv
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-implicit: install
 
 bench-pretext: install
 	$(PY) -m bissl_dense.benchmarks.pretext
+
+# The prepared GPU check (bissl_dense/benchmarks/device_check.py): at most 8 min on one GPU; every
+# GPU figure and a few BiSSL steps of each task on CUDA, as one JSON (also printed to stdout).
+device-check: install
+	$(PY) -m bissl_dense.benchmarks.device_check --json work_dirs/benchmarks/device_check.json
 
 # Generated data in the real on-disk layouts (VOC, Cityscapes, ImageFolder, unlabeled images).
 data-demo: install

@@ -41,6 +41,11 @@ Prints, and optionally writes as JSON:
 Peak memory is the CUDA allocator's peak on ``--device cuda``; on the CPU it is the peak resident
 set size above the level before the measured call, sampled every 5 ms by a thread.
 ``stage_graph_mib`` is what the exact mode holds during a stage (its first-order graph).
+
+For larger runs (``bissl_dense.benchmarks.device_check`` on a GPU): ``--arch`` (both levels'
+ResNet), ``--autocast bfloat16`` (the upper loss's forward passes of ``finetune_step`` and
+``upper_step_without_solve`` under ``BiSSLConfig(autocast=...)``; the products stay float32),
+``--cases`` (time only the named solves besides the baselines) and ``--no-quality`` (timings only).
 """
 
 from __future__ import annotations

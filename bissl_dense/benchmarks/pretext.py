@@ -339,8 +339,13 @@ def augmentation_benchmark(
     return {**rates, "speedup": speedup, **{f"{k}_wall": v for k, v in wall_rates.items()}}
 
 
-def precision_benchmark(args: argparse.Namespace) -> dict[str, float]:
-    """Images/s of a plain SimCLR step in float32 / bf16 autocast, with/without channels-last."""
+def precision_benchmark(
+    args: argparse.Namespace, losses: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Images/s of a plain SimCLR step in float32 / bf16 autocast, with/without channels-last.
+
+    ``losses``, when given, receives each setting's loss at its last step (the device check
+    requires them finite)."""
     import torch
 
     from bissl_dense.pretext import LARS, ProjectionHead, build_backbone, nt_xent_loss
@@ -376,6 +381,8 @@ def precision_benchmark(args: argparse.Namespace) -> dict[str, float]:
                     times.append(time.perf_counter() - start)
             name = f"{'bf16' if dtype else 'fp32'}{' + channels-last' if channels_last else ''}"
             results[name] = args.batch / statistics.median(times)
+            if losses is not None:
+                losses[name] = loss.item()
             print(f"  {name:<28}{results[name]:>10.1f} images/s")
     return results
 
